@@ -1,0 +1,61 @@
+"""Which lmms-eval task and metric give each Table-1 column.
+
+One row per paper column. ``real`` names the lmms-eval tasks and metric of the real benchmark (the paper's headline
+number); ``mini`` names the offline mini-suite task standing in for that answer format (see ``tasks/mini/``).
+The report reads lmms-eval's own results JSON and looks scores up through this table only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Headline:
+    """How to read one headline number out of lmms-eval's ``results`` dict.
+
+    tasks: the lmms-eval task names whose ``"<metric>,none"`` values are read.
+    metric: the metric name (without the ``,none`` filter suffix).
+    reduce: ``"single"`` (exactly one task), ``"mean"`` (average over tasks, e.g. POPE's three splits)
+        or ``"sum"``.
+    scale: multiply the stored value by this to get the number in the paper's units (e.g. 100 for a 0-1 accuracy).
+    """
+
+    tasks: tuple[str, ...]
+    metric: str
+    reduce: str = "single"
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # the paper's column header in Table 1
+    answer_format: str
+    real: Headline
+    mini: Headline | None
+
+
+# The real lmms-eval 0.7.3 task / metric names; the mini-suite ones are this project's (tasks/mini/*.yaml).
+TABLE1: tuple[Column, ...] = (
+    Column("MME", "yes/no pairs", Headline(("mme",), "mme_perception_score"),
+           Headline(("mini_mme",), "mme_score")),
+    Column("MMB", "multiple choice (circular)", Headline(("mmbench_en_dev",), "gpt_eval_score"),
+           Headline(("mini_mmbench",), "circular_accuracy", scale=100.0)),
+    Column("POPE", "presence yes/no", Headline(("pope_adv", "pope_pop", "pope_random"), "pope_f1_score",
+                                               reduce="mean", scale=100.0),
+           Headline(("mini_pope",), "f1_mean", scale=100.0)),
+    Column("SEED", "multiple choice", Headline(("seedbench",), "seed_image"),
+           Headline(("mini_seed",), "accuracy", scale=100.0)),
+    Column("MMMU", "multiple choice", Headline(("mmmu_val",), "mmmu_acc", scale=100.0), None),
+    Column("MM-Vet", "open-ended (GPT judge)", Headline(("mmvet",), "gpt_eval_score"), None),
+    Column("TQA", "short answer (VQA soft accuracy)", Headline(("textvqa_val",), "exact_match", scale=100.0),
+           Headline(("mini_textvqa",), "vqa_accuracy", scale=100.0)),
+    Column("SQA-I", "multiple choice (letter)", Headline(("scienceqa_img",), "exact_match", scale=100.0),
+           Headline(("mini_sqa",), "accuracy", scale=100.0)),
+    Column("GQA", "short answer (exact match)", Headline(("gqa",), "exact_match", scale=100.0),
+           Headline(("mini_gqa",), "exact_match", scale=100.0)),
+)
+
+
+def columns_by_name() -> dict[str, Column]:
+    return {c.name: c for c in TABLE1}
