@@ -1,0 +1,83 @@
+"""Image tiling and the internlm2-chat prompt format used by HoVLE / mmMamba.
+
+Dynamic tiling (InternVL style): choose the grid (cols x rows, 1 <= cols * rows <= max_num) whose aspect ratio is
+closest to the image's (ties go to the larger grid when the image has enough pixels), resize to that grid of
+``image_size`` tiles, cut it, and append a whole-image thumbnail tile when there is more than one tile. Tiles are
+normalised with the ImageNet mean / std. The prompt is ``<img>`` + ``<IMG_CONTEXT>`` x (tokens per tile x tiles)
++ ``</img>`` + "\\n" + question, inside ``<|im_start|>user\\n ... <|im_end|>\\n<|im_start|>assistant\\n``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+IMAGE_PLACEHOLDER = "<image>"
+ROLE_START, ROLE_END = "<|im_start|>", "<|im_end|>"
+
+
+def candidate_grids(max_num: int, min_num: int = 1) -> list[tuple[int, int]]:
+    """(cols, rows) with min_num <= cols * rows <= max_num, fewest tiles first."""
+    grids = {(c, r) for n in range(min_num, max_num + 1) for c in range(1, n + 1) for r in range(1, n + 1)
+             if min_num <= c * r <= max_num}
+    return sorted(grids, key=lambda g: (g[0] * g[1], g))
+
+
+def closest_grid(width: int, height: int, image_size: int, max_num: int, min_num: int = 1) -> tuple[int, int]:
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(max_num, min_num):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * image_size * image_size * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def tile_image(image: Image.Image, image_size: int, max_num: int = 6, use_thumbnail: bool = True) -> list[Image.Image]:
+    """Cut ``image`` into ``image_size`` tiles by the closest aspect-ratio grid (+ thumbnail if > 1 tile)."""
+    cols, rows = closest_grid(image.width, image.height, image_size, max_num)
+    resized = image.resize((cols * image_size, rows * image_size), Image.BICUBIC)
+    tiles = [resized.crop((c * image_size, r * image_size, (c + 1) * image_size, (r + 1) * image_size))
+             for r in range(rows) for c in range(cols)]
+    if use_thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((image_size, image_size), Image.BICUBIC))
+    return tiles
+
+
+def to_tensor(tile: Image.Image, image_size: int) -> torch.Tensor:
+    """PIL tile -> [3, S, S] float32, ImageNet-normalised."""
+    tile = tile.convert("RGB")
+    if tile.size != (image_size, image_size):
+        tile = tile.resize((image_size, image_size), Image.BICUBIC)
+    arr = np.asarray(tile, dtype=np.float32) / 255.0  # [S, S, 3]
+    arr = (arr - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def load_image(image: Image.Image, image_size: int, max_num: int = 6, use_thumbnail: bool = True) -> torch.Tensor:
+    """One image -> pixel_values [N_tiles, 3, S, S]."""
+    tiles = tile_image(image.convert("RGB"), image_size, max_num, use_thumbnail) if max_num > 1 else [image]
+    return torch.stack([to_tensor(t, image_size) for t in tiles])
+
+
+def image_block(num_tiles: int, tokens_per_tile: int) -> str:
+    return IMG_START + IMG_CONTEXT * (num_tiles * tokens_per_tile) + IMG_END
+
+
+def chat_prompt(question: str, num_tiles: int = 0, tokens_per_tile: int = 256, system: str | None = None) -> str:
+    """The internlm2-chat prompt for one user turn, with the image block in place of ``<image>`` (or first)."""
+    content = question
+    if num_tiles:
+        block = image_block(num_tiles, tokens_per_tile)
+        if IMAGE_PLACEHOLDER in content:
+            content = content.replace(IMAGE_PLACEHOLDER, block, 1)
+        else:
+            content = block + "\n" + content
+    prefix = f"{ROLE_START}system\n{system}{ROLE_END}\n" if system else ""
+    return f"{prefix}{ROLE_START}user\n{content}{ROLE_END}\n{ROLE_START}assistant\n"
