@@ -35,7 +35,8 @@ class VisionEmbeddings(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # [N, g*g, H]
         pos = self.position_embedding[:, 1:]  # drop the class slot: [1, g0*g0, H]
         if (gh, gw) != (self.grid, self.grid):
-            grid = pos.float().reshape(1, self.grid, self.grid, H).permute(0, 3, 1, 2)
+            cd = torch.promote_types(pos.dtype, torch.float32)  # interpolate in >= float32 (as the reference)
+            grid = pos.to(cd).reshape(1, self.grid, self.grid, H).permute(0, 3, 1, 2)
             grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
             pos = grid.reshape(1, H, gh * gw).permute(0, 2, 1).to(x.dtype)
         return (x + pos).reshape(N, gh, gw, H)
