@@ -1,0 +1,250 @@
+"""The offline mini-suite: seven small lmms-eval tasks, one per answer format of the paper's nine benchmarks.
+
+``generate(out_dir, seed)`` writes ``{task}_{split}.parquet`` for every task and split (train / validation / test)
+plus ``manifest.json`` (row counts and sha256 of every file). The same seed gives byte-identical files.
+``iter_examples(data_dir, split)`` yields decoded training examples (image + the exact lmms-eval prompt + answer).
+
+What is guaranteed about the splits
+- no PNG appears twice anywhere in the suite (every image's sha256 is unique across tasks and splits), so no test
+  image is seen in training;
+- no handwritten digit instance (sklearn's 1,797) is shared between splits;
+- the 12 photos and 3 textures are the same source pictures in every split (different random crops, mirrorings,
+  sizes and grid positions): like a closed-vocabulary benchmark, the suite measures recognising these objects, not
+  generalising to unseen photos.
+
+Run ``python -m mmmamba_bench.data.minisuite`` to (re)generate the default data directory ``tasks/mini/data/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from mmmamba_bench.data.minitasks import BUILDERS, Canvas, Item
+from mmmamba_bench.data.prompts import task_prompt
+from mmmamba_bench.data.sources import SPLITS, load_sources
+
+SCHEMA_NAME = "mmmamba-bench/minisuite/v1"
+MANIFEST = "manifest.json"
+TASKS: tuple[str, ...] = tuple(BUILDERS)
+
+# Items (images) per split: (train, validation, test). Rows per item: MME 2 (a question pair), POPE 12 (2 positive
+# questions + 2 negatives per sampling split x 3 splits), MMBench 4 (one per rotation), the others 1.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "mini_mme": (600, 40, 150),
+    "mini_pope": (200, 10, 20),
+    "mini_mmbench": (300, 10, 60),
+    "mini_seed": (600, 40, 120),
+    "mini_sqa": (600, 40, 120),
+    "mini_textvqa": (600, 40, 120),
+    "mini_gqa": (600, 40, 120),
+}
+
+SCHEMA = pa.schema([
+    ("task", pa.string()),
+    ("split", pa.string()),
+    ("row", pa.int32()),
+    ("id", pa.string()),
+    ("group", pa.string()),  # rows about the same image (MME pair, POPE image) or question (MMBench rotations)
+    ("category", pa.string()),  # MME category, POPE negative-sampling split, question type elsewhere
+    ("image", pa.binary()),  # PNG bytes
+    ("question", pa.string()),
+    ("options", pa.list_(pa.string())),  # multiple choice only
+    ("hint", pa.string()),  # ScienceQA-style context ("" if none)
+    ("answer", pa.string()),
+    ("answers", pa.list_(pa.string())),  # reference answers (10 for TextVQA, else [answer])
+    ("rotation", pa.int32()),  # MMBench circular rotation (0 elsewhere)
+])
+COLUMNS: tuple[str, ...] = tuple(SCHEMA.names)
+
+
+class MiniSuiteDataError(ValueError):
+    """A mini-suite file or row is missing, empty, malformed or has an undecodable image."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training / evaluation example: the image, the exact prompt lmms-eval's doc_to_text gives, the answer."""
+
+    task: str
+    image: Image.Image
+    question_prompt: str
+    answer: str
+    id: str = ""
+
+
+def default_data_dir() -> Path:
+    """``<repo>/tasks/mini/data`` (the folder the task YAMLs read)."""
+    return Path(__file__).resolve().parents[2] / "tasks" / "mini" / "data"
+
+
+def file_name(task: str, split: str) -> str:
+    return f"{task}_{split}.parquet"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _rows(task: str, split: str, items: Sequence[Item]) -> dict[str, list]:
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
+    for g, item in enumerate(items):
+        for q in item.questions:
+            row = len(columns["row"])
+            values = {
+                "task": task, "split": split, "row": row, "id": f"{task}-{split}-{row:05d}",
+                "group": f"{task}-{split}-g{g:04d}", "category": q.category, "image": item.image,
+                "question": q.question, "options": list(q.options), "hint": q.hint, "answer": q.answer,
+                "answers": list(q.answers) or [q.answer], "rotation": q.rotation,
+            }
+            for name in COLUMNS:
+                columns[name].append(values[name])
+    return columns
+
+
+def _write_parquet_atomic(path: Path, columns: dict[str, list]) -> None:
+    table = pa.Table.from_pydict(columns, schema=SCHEMA)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="snappy", row_group_size=256)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the data is not private
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def generate(out_dir: Path, seed: int = 0) -> dict:
+    """Write every ``{task}_{split}.parquet`` and ``manifest.json`` into ``out_dir``; return the manifest.
+
+    Deterministic: the same seed (and package versions) gives byte-identical files. Test images are drawn first, so
+    the test split does not depend on the train/validation sizes.
+    """
+    from mmmamba_bench.results import write_json_atomic
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = load_sources(seed)
+    seen: set[bytes] = set()
+    files: dict[str, dict] = {}
+    for split in ("test", "validation", "train"):
+        for t, task in enumerate(TASKS):
+            rng = np.random.default_rng([seed, t, SPLITS.index(split)])
+            n_items = SIZES[task][SPLITS.index(split)]
+            items = BUILDERS[task](Canvas(sources, split, rng, seen), n_items)
+            columns = _rows(task, split, items)
+            path = out_dir / file_name(task, split)
+            _write_parquet_atomic(path, columns)
+            files[path.name] = {"task": task, "split": split, "items": n_items, "rows": len(columns["row"]),
+                                "sha256": _sha256(path)}
+    files = dict(sorted(files.items()))
+    counts = {task: {split: files[file_name(task, split)]["rows"] for split in SPLITS} for task in TASKS}
+    manifest = {
+        "schema": SCHEMA_NAME,
+        "seed": seed,
+        "rows": counts,
+        "test_rows": sum(c["test"] for c in counts.values()),
+        "test_images": sum(SIZES[t][2] for t in TASKS),
+        "files": files,
+    }
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading and validation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_columns(names: Sequence[str], num_rows: int, where: str) -> None:
+    """Raise :class:`MiniSuiteDataError` naming ``where`` if columns are missing or there are no rows."""
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise MiniSuiteDataError(f"{where}: missing column(s) {missing} (found {list(names)}); regenerate the data "
+                                 f"with `python -m mmmamba_bench.data.minisuite`")
+    if num_rows == 0:
+        raise MiniSuiteDataError(f"{where}: no rows; regenerate the data with `python -m mmmamba_bench.data.minisuite`")
+
+
+def read_table(path: Path) -> pa.Table:
+    """Read one mini-suite parquet file, checking that it exists, parses, has every column and at least one row."""
+    path = Path(path)
+    if not path.is_file():
+        raise MiniSuiteDataError(f"{path}: file not found; generate the data with "
+                                 f"`python -m mmmamba_bench.data.minisuite`")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise MiniSuiteDataError(f"{path}: not a readable parquet file ({exc})") from exc
+    check_columns(table.column_names, table.num_rows, str(path))
+    return table
+
+
+def decode_image(data: bytes | None, where: str) -> Image.Image:
+    """PNG bytes -> RGB PIL image; a missing or corrupt image raises :class:`MiniSuiteDataError` naming ``where``."""
+    if not data:
+        raise MiniSuiteDataError(f"{where}: image is missing")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises several unrelated types for bad data
+        raise MiniSuiteDataError(f"{where}: image cannot be decoded ({type(exc).__name__}: {exc})") from exc
+
+
+def row_prompt(row: dict) -> str:
+    """The prompt of one row (what lmms-eval's doc_to_text returns for it)."""
+    return task_prompt(row["task"], row["question"], row["options"] or (), row["hint"] or "")
+
+
+def iter_examples(data_dir: Path | None, split: str, tasks: Sequence[str] | None = None) -> Iterator[Example]:
+    """Yield the decoded examples of ``split`` for ``tasks`` (default: all seven), task by task in row order.
+
+    Multiple-choice answers are the option letter; MME / POPE answers are Yes/No (yes/no); TextVQA gives its
+    canonical answer (the most common reference). Errors name the file and the row.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    for task in tasks or TASKS:
+        if task not in TASKS:
+            raise ValueError(f"unknown mini task {task!r}; known: {list(TASKS)}")
+        path = data_dir / file_name(task, split)
+        for i, row in enumerate(read_table(path).to_pylist()):
+            where = f"{path} row {i} ({task}, {split})"
+            yield Example(task=task, image=decode_image(row["image"], where), question_prompt=row_prompt(row),
+                          answer=row["answer"], id=row["id"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the offline mini-suite parquet files.")
+    parser.add_argument("--out", type=Path, default=default_data_dir(), help="output folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    manifest = generate(args.out, seed=args.seed)
+    for task, counts in manifest["rows"].items():
+        print(f"{task:14s} " + "  ".join(f"{s}={n}" for s, n in counts.items()))
+    print(f"test rows: {manifest['test_rows']} over {manifest['test_images']} test images -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
