@@ -35,6 +35,65 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint with lmms-eval (mini-suite or the paper's benchmarks)")
+    p.add_argument("--model", required=True, help="checkpoint directory or model card name (models/*.yaml)")
+    p.add_argument("--tasks", default="mini", help="'mini', 'paper', or a comma list of task names")
+    p.add_argument("--output", required=True, type=Path, help="results folder (lmms-eval layout)")
+    p.add_argument("--label", help="name of this model in results and reports (default: directory name)")
+    p.add_argument("--device", help="cpu / cuda (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="evaluate only the first N documents per task (smoke runs)")
+    p.add_argument("--data-dir", type=Path, help="local copies of the real benchmarks (see tasks/README.md)")
+    p.add_argument("--ssd-backend", default="auto", help="auto | torch | mamba_ssm | fla")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from mmmamba_bench.eval.runner import run_eval
+
+    out = run_eval(args.model, args.tasks, args.output, label=args.label, device=args.device, dtype=args.dtype,
+                   batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir,
+                   ssd_backend=args.ssd_backend)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="Table-1/Table-2-style tables and Fig.-1-style plots from result files")
+    p.add_argument("--results", nargs="*", type=Path, default=[], help="folders holding lmms-eval *_results.json")
+    p.add_argument("--profile", nargs="*", type=Path, default=[], help="profile JSON files (mmmamba-bench profile)")
+    p.add_argument("--speed", nargs="*", type=Path, default=[], help="speed JSON files (mmmamba-bench speed)")
+    p.add_argument("--out", required=True, type=Path, help="output folder for report.md and the PNGs")
+    p.add_argument("--title", default="mmMamba benchmark report")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from mmmamba_bench.report import build_report
+
+    out = build_report(args.results, args.profile, args.speed, args.out, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="generate the offline mini-suite (parquet files for tasks/mini)")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: tasks/mini/data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_data)
+
+
+def _cmd_data(args) -> int:
+    from mmmamba_bench.data.minisuite import default_data_dir, generate
+
+    out = args.out or default_data_dir()
+    manifest = generate(out, seed=args.seed)
+    print(f"wrote the mini-suite to {out} ({manifest['test_rows']} test items)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmmamba-bench", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -44,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_convert]
+_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,8 +80,10 @@ def row_from_dict(cls, data: dict[str, Any]):
         raise ValueError(f"{cls.__name__}: {exc}") from exc
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
+def write_json_atomic(path: str | os.PathLike, payload: Any, default=None) -> Path:
     """Write JSON to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    default: a fallback serialiser for objects JSON does not know (after dataclasses and paths).
 
     A reader never sees a half-written file, and an interrupted write leaves the previous file intact.
     """
@@ -90,7 +92,7 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=_json_default)
+            json.dump(payload, f, indent=2, sort_keys=False, default=_make_default(default))
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -101,6 +103,18 @@ def write_json_atomic(path: str | os.PathLike, payload: Any) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _make_default(fallback):
+    def default(obj: Any) -> Any:
+        try:
+            return _json_default(obj)
+        except TypeError:
+            if fallback is None:
+                raise
+            return fallback(obj)
+
+    return default
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,0 +1,70 @@
+"""Model cards (``models/*.yaml``): which checkpoint a name stands for, its layout and its paper row.
+
+A card's ``path`` may use environment variables (``${MMMAMBA_BENCH_WEIGHTS}/mmMamba-linear``); ``resolve_model``
+accepts either a checkpoint directory or a card name and always returns an existing directory, or says clearly
+which directory or card is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+WEIGHTS_ENV = "MMMAMBA_BENCH_WEIGHTS"
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    checkpoint: str  # where the real weights come from (a Hugging Face id), for the reader
+    path: str  # local directory (env vars allowed)
+    layout: str  # "transformer", "linear", "hybrid", ... (see layouts.py)
+    paper_row: str | None  # the Table-1 / Table-2 row this model stands for
+    notes: str = ""
+
+    def local_path(self) -> Path:
+        expanded = os.path.expandvars(self.path)
+        if "$" in expanded:
+            raise FileNotFoundError(f"model card {self.name!r}: path {self.path!r} uses an unset environment variable "
+                                    f"(set {WEIGHTS_ENV} to the folder holding the downloaded checkpoints)")
+        return Path(expanded).expanduser()
+
+
+def cards_dir() -> Path:
+    """``<repo>/models``, next to the package."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def load_card(name_or_file: str | Path) -> ModelCard:
+    path = Path(name_or_file)
+    if not path.suffix:
+        path = cards_dir() / f"{name_or_file}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"model card not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in ("name", "checkpoint", "path", "layout") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: model card lacks field(s) {missing}")
+    return ModelCard(name=data["name"], checkpoint=data["checkpoint"], path=data["path"], layout=data["layout"],
+                     paper_row=data.get("paper_row"), notes=data.get("notes", ""))
+
+
+def list_cards() -> list[ModelCard]:
+    return [load_card(p) for p in sorted(cards_dir().glob("*.yaml"))]
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """A checkpoint directory for ``spec``: an existing directory, or the path of the model card so named."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    card_file = cards_dir() / f"{spec}.yaml"
+    if card_file.is_file():
+        local = load_card(card_file).local_path()
+        if not local.is_dir():
+            raise FileNotFoundError(f"model card {spec!r} points at {local}, which does not exist")
+        return local
+    raise FileNotFoundError(f"{spec}: neither a checkpoint directory nor a model card in {cards_dir()}")

@@ -1,0 +1,79 @@
+"""``mmmamba-bench eval``: lmms-eval's ``simple_evaluate`` over our adapter, with results written atomically.
+
+The scores are lmms-eval's own: its results dict is written unchanged (in lmms-eval's layout,
+``<output>/<label>/<timestamp>_results.json``, plus ``..._samples_<task>.jsonl``) through a temporary file and a
+rename, so an interrupted run never leaves a truncated results file for the report to read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from mmmamba_bench.results import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _offline_env() -> None:
+    # Real benchmark data comes from local copies (see tasks/README.md); never reach for the hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | None = None,
+             device: str | None = None, dtype: str = "auto", batch_size: int = 8, limit: int | None = None,
+             data_dir: str | Path | None = None, log_samples: bool = True, seed: int = 0,
+             ssd_backend: str = "auto") -> Path:
+    """Evaluate ``model`` (a checkpoint directory or model card) on ``tasks``; returns the results file."""
+    from mmmamba_bench.cards import resolve_model
+    from mmmamba_bench.eval.tasks import check_tasks, include_paths, resolve_tasks
+
+    _offline_env()
+    path = resolve_model(model)
+    label = label or path.name
+    task_names = resolve_tasks(tasks)
+    check_tasks(task_names, data_dir)  # missing data / judge: a clear error before any model is loaded
+
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    args = {"pretrained": str(path), "label": label, "dtype": dtype, "batch_size": batch_size,
+            "ssd_backend": ssd_backend}
+    if device:
+        args["device"] = device
+    model_args = ",".join(f"{k}={v}" for k, v in args.items())
+    log.info("evaluating %s on %s", label, ", ".join(task_names))
+    results = simple_evaluate(model="mmmamba", model_args=model_args, tasks=task_names,
+                              task_manager=TaskManager(include_path=include_paths()), batch_size=batch_size,
+                              limit=limit, log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
+                              torch_random_seed=seed, fewshot_random_seed=seed)
+    if results is None:
+        raise RuntimeError("lmms-eval returned no results (non-zero rank?)")
+    samples = results.pop("samples", None)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    folder = Path(output) / label
+    out = write_json_atomic(folder / f"{stamp}_results.json", results, default=str)
+    if samples:
+        for task, rows in samples.items():
+            _write_jsonl_atomic(folder / f"{stamp}_samples_{task}.jsonl", rows)
+    log.info("wrote %s", out)
+    return out
+
+
+def _write_jsonl_atomic(path: Path, rows: list) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, default=str) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
