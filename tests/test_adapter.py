@@ -1,0 +1,108 @@
+"""The lmms-eval adapter's request handling: generation (batched, stop strings) and multiple choice."""
+
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("lmms_eval")
+from lmms_eval.api.instance import GenerationResult, Instance  # noqa: E402
+
+from mmmamba_bench.checkpoint import save_model  # noqa: E402
+from mmmamba_bench.config import make_config  # noqa: E402
+from mmmamba_bench.eval.adapter import MMMambaLMM, cut_at_stop, parse_gen_kwargs  # noqa: E402
+from mmmamba_bench.model.stack import MMMambaChatModel  # noqa: E402
+from mmmamba_bench.tokenizer import train_word_tokenizer  # noqa: E402
+
+WORDS = "is there a cat dog in the image yes no what digit answer with letter A B C D one two three".split()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("adapter") / "ckpt"
+    tok_dir = d.parent / "tok"
+    vocab = train_word_tokenizer([" ".join(WORDS), "? . user assistant"], tok_dir / "tokenizer.json")
+    cfg = make_config(hidden=32, heads=2, kv_heads=1, emb_layers=1, llm_layers=2, intermediate=64, vocab=vocab,
+                      image_size=32, patch_size=8, block_types=["mha", "mamba2", "mha"], rope_theta=10000.0)
+    torch.manual_seed(0)
+    model = MMMambaChatModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    save_model(model, d)
+    (d / "tokenizer.json").write_bytes((tok_dir / "tokenizer.json").read_bytes())
+    return d
+
+
+DOCS = {"t": {"test": [{"img": Image.new("RGB", (40, 30), (i * 40, 10, 200))} for i in range(5)]}}
+
+
+def make_lmm(ckpt, batch_size):
+    lmm = MMMambaLMM(pretrained=str(ckpt), label="tiny", device="cpu", dtype="float32", batch_size=batch_size,
+                     max_tiles=1, max_new_tokens=6)
+    lmm.task_dict = DOCS
+    return lmm
+
+
+def gen_request(i, ctx, gen_kwargs):
+    return Instance("generate_until", (ctx, gen_kwargs, lambda doc: [doc["img"]], i, "t", "test"), idx=0,
+                    metadata={"task": "t", "doc_id": i, "repeats": 1})
+
+
+def test_parse_gen_kwargs_and_stop():
+    s = parse_gen_kwargs({"until": "\n", "max_new_tokens": 3, "temperature": 0, "do_sample": False}, 10)
+    assert s.until == ("\n",) and s.max_new_tokens == 3 and not s.do_sample
+    assert parse_gen_kwargs({}, 10).max_new_tokens == 10
+    with pytest.raises(ValueError, match="num_beams=4"):
+        parse_gen_kwargs({"num_beams": 4}, 10)
+    assert cut_at_stop("yes. no", (".", "no")) == "yes"
+    assert cut_at_stop("yes", ()) == "yes"
+
+
+def test_generation_matches_model_generate_in_order_and_batched(ckpt):
+    questions = ["is there a cat ?", "what digit ?", "is there a dog in the image ?", "answer with letter", "yes"]
+    reqs = [gen_request(i, q, {"max_new_tokens": 5}) for i, q in enumerate(questions)]
+    one = make_lmm(ckpt, 1).generate_until(reqs)
+    four = make_lmm(ckpt, 4).generate_until(reqs)
+    assert one == four  # batching with left padding changes nothing
+    lmm = make_lmm(ckpt, 1)
+    for i, q in enumerate(questions):  # each answer is the model's own greedy continuation
+        enc = lmm.processor.encode_prompt(q, DOCS["t"]["test"][i]["img"])
+        out = lmm.model.generate(input_ids=torch.tensor([enc.input_ids]), pixel_values=enc.pixel_values,
+                                 max_new_tokens=5, eos_token_id=lmm.processor.tokenizer.eos_token_id)
+        assert one[i] == lmm.processor.decode(out[0, len(enc.input_ids):])
+    assert any(one)  # the random model says something
+
+
+def test_stop_strings_cut_the_answer(ckpt):
+    lmm = make_lmm(ckpt, 2)
+    free = lmm.generate_until([gen_request(0, "what digit ?", {"max_new_tokens": 6})])[0]
+    words = free.split()
+    if len(words) < 2:
+        pytest.skip("random model produced fewer than two words")
+    cut = lmm.generate_until([gen_request(0, "what digit ?", {"max_new_tokens": 6, "until": [words[1]]})])[0]
+    assert cut == free[: free.find(words[1])]
+
+
+def test_loglikelihood_is_nll_and_picks_the_likeliest_choice(ckpt):
+    lmm = make_lmm(ckpt, 1)
+    choices = ["A", "B", "C", "D"]
+    reqs = [Instance("loglikelihood", ("answer with letter", c, lambda doc: [doc["img"]], 0, "t", "test"), idx=j,
+                     metadata={"task": "t", "doc_id": 0, "repeats": 1}) for j, c in enumerate(choices)]
+    res = lmm.loglikelihood(reqs)
+    assert all(isinstance(r, GenerationResult) for r in res)
+    nlls = [r.text[0] for r in res]
+    enc = lmm.processor.encode_prompt("answer with letter", DOCS["t"]["test"][0]["img"])
+    with torch.no_grad():
+        logits = lmm.model(torch.tensor([enc.input_ids]), pixel_values=enc.pixel_values).logits[0, -1]
+    logp = torch.log_softmax(logits.double(), -1)
+    ids = [lmm.processor.tokenizer.encode(c)[0] for c in choices]
+    assert nlls == pytest.approx([-float(logp[i]) for i in ids], rel=1e-5)
+    # lmms-eval 0.7.3 scores multiple choice by argmin: the smallest NLL is the most likely letter
+    assert int(torch.tensor(nlls).argmin()) == int(torch.stack([logp[i] for i in ids]).argmax())
+    assert [r.text[1] for r in res] == [int(logits.argmax()) == i for i in ids]
+
+
+def test_entry_point_finds_the_adapter():
+    from lmms_eval.models import get_model
+
+    assert get_model("mmmamba") is MMMambaLMM
