@@ -94,6 +94,21 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job end to end on the embedded default (offline, CPU, minutes)")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--data-dir", type=Path, default=None, help="mini-suite folder (default: tasks/mini/data)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from mmmamba_bench.demo import run_demo
+
+    run_demo(args.out, data_dir=args.data_dir, fresh=args.fresh)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmmamba-bench", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -103,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report]
+_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

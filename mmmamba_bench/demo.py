@@ -1,0 +1,86 @@
+"""``mmmamba-bench demo``: the whole harness, offline, on the embedded default.
+
+It chains the very commands a researcher runs on real checkpoints, only on a tiny HoVLE-architecture teacher
+trained here on the offline mini-suite:
+
+    data -> train-teacher -> convert (seeded, undistilled) -> distill linear -> distill hybrid
+         -> eval (x4, lmms-eval) -> profile -> report
+
+Each step writes its output atomically and is skipped when that output already exists, so an interrupted demo
+resumes where it stopped (``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmmamba_bench.results import write_json_atomic
+
+RECIPES = Path(__file__).resolve().parent.parent / "distill"
+MODELS = ("teacher", "seeded-linear", "linear", "hybrid")
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]
+    done_when: Path  # the step is skipped if this exists
+
+
+def plan(out: Path, data_dir: Path) -> list[Step]:
+    m = {name: out / "models" / name for name in MODELS}
+    results = out / "results"
+    steps = [
+        Step("data", ["data", "--out", str(data_dir)], data_dir / "manifest.json"),
+        Step("train-teacher", ["train-teacher", "--recipe", str(RECIPES / "teacher-demo.yaml"), "--data",
+                               str(data_dir), "--out", str(m["teacher"])], m["teacher"]),
+        Step("convert", ["convert", "--teacher", str(m["teacher"]), "--out", str(m["seeded-linear"]), "--layout",
+                         "linear", "--init", "mimic", "--seed", "0"], m["seeded-linear"]),
+        Step("distill-linear", ["distill", "--recipe", str(RECIPES / "linear-demo.yaml"), "--teacher",
+                                str(m["teacher"]), "--data", str(data_dir), "--out", str(m["linear"])], m["linear"]),
+        Step("distill-hybrid", ["distill", "--recipe", str(RECIPES / "hybrid-demo.yaml"), "--teacher",
+                                str(m["teacher"]), "--data", str(data_dir), "--out", str(m["hybrid"])], m["hybrid"]),
+    ]
+    for name in MODELS:
+        steps.append(Step(f"eval-{name}", ["eval", "--model", str(m[name]), "--tasks", "mini", "--output",
+                                           str(results), "--label", name, "--device", "cpu", "--dtype", "float32",
+                                           "--batch-size", "32"], results / name))
+    steps.append(Step("profile", ["profile", "--models", ",".join(str(m[n]) for n in ("teacher", "linear", "hybrid")),
+                                  "--contexts", "128,256,512,1024", "--device", "cpu", "--steps", "20",
+                                  "--out", str(out / "profile.json")], out / "profile.json"))
+    steps.append(Step("report", ["report", "--results", str(results), "--profile", str(out / "profile.json"),
+                                 "--out", str(out / "report"), "--title", "mmmamba-bench demo (offline mini-suite)"],
+                      out / "report" / "report.md"))
+    return steps
+
+
+def run_demo(out: Path, data_dir: Path | None = None, fresh: bool = False) -> Path:
+    from mmmamba_bench.cli import main as cli_main
+    from mmmamba_bench.data.minisuite import default_data_dir
+
+    data_dir = data_dir or default_data_dir()
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings_file = out / "timings.json"
+    timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    t_all = time.perf_counter()
+    for step in plan(out, data_dir):
+        if step.done_when.exists():
+            print(f"[demo] {step.name}: done already ({step.done_when})")
+            continue
+        print(f"[demo] {step.name}: mmmamba-bench {' '.join(step.argv)}", flush=True)
+        t0 = time.perf_counter()
+        rc = cli_main(step.argv)
+        if rc != 0:
+            raise RuntimeError(f"demo step {step.name!r} failed (exit {rc}); rerun to resume from this step")
+        timings[step.name] = round(time.perf_counter() - t0, 1)
+        write_json_atomic(timings_file, timings)
+    report = out / "report" / "report.md"
+    print(f"[demo] finished in {time.perf_counter() - t_all:.0f} s this run "
+          f"({sum(timings.values()):.0f} s over all runs); report: {report}")
+    return report
