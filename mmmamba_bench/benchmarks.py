@@ -35,24 +35,27 @@ class Column:
     mini: Headline | None
 
 
-# The real lmms-eval 0.7.3 task / metric names; the mini-suite ones are this project's (tasks/mini/*.yaml).
+# Real columns read this project's tasks/real/paper_*.yaml, each a copy of an lmms-eval 0.7.3 built-in task (named in
+# the YAML's metadata.builtin_task: mme, mmbench_en_dev_static, pope_adv/pop/random, seedbench, mmmu_val, mmvet,
+# textvqa_val, scienceqa_img, gqa) with the overrides listed there. Units as lmms-eval stores them: MME points,
+# MMBench and MM-Vet already x100, everything else 0-1. Mini columns read tasks/mini/mini_*.yaml.
 TABLE1: tuple[Column, ...] = (
-    Column("MME", "yes/no pairs", Headline(("mme",), "mme_perception_score"),
+    Column("MME", "yes/no pairs", Headline(("paper_mme",), "mme_perception_score"),
            Headline(("mini_mme",), "mme_score")),
-    Column("MMB", "multiple choice (circular)", Headline(("mmbench_en_dev",), "gpt_eval_score"),
+    Column("MMB", "multiple choice (circular)", Headline(("paper_mmbench_en_dev",), "gpt_eval_score"),
            Headline(("mini_mmbench",), "circular_accuracy", scale=100.0)),
-    Column("POPE", "presence yes/no", Headline(("pope_adv", "pope_pop", "pope_random"), "pope_f1_score",
-                                               reduce="mean", scale=100.0),
+    Column("POPE", "presence yes/no", Headline(("paper_pope_adv", "paper_pope_pop", "paper_pope_random"),
+                                               "pope_f1_score", reduce="mean", scale=100.0),
            Headline(("mini_pope",), "f1_mean", scale=100.0)),
-    Column("SEED", "multiple choice", Headline(("seedbench",), "seed_image"),
+    Column("SEED", "multiple choice", Headline(("paper_seedbench",), "seed_image", scale=100.0),
            Headline(("mini_seed",), "accuracy", scale=100.0)),
-    Column("MMMU", "multiple choice", Headline(("mmmu_val",), "mmmu_acc", scale=100.0), None),
-    Column("MM-Vet", "open-ended (GPT judge)", Headline(("mmvet",), "gpt_eval_score"), None),
-    Column("TQA", "short answer (VQA soft accuracy)", Headline(("textvqa_val",), "exact_match", scale=100.0),
+    Column("MMMU", "multiple choice", Headline(("paper_mmmu_val",), "mmmu_acc", scale=100.0), None),
+    Column("MM-Vet", "open-ended (GPT judge)", Headline(("paper_mmvet",), "gpt_eval_score"), None),
+    Column("TQA", "short answer (VQA soft accuracy)", Headline(("paper_textvqa_val",), "exact_match", scale=100.0),
            Headline(("mini_textvqa",), "vqa_accuracy", scale=100.0)),
-    Column("SQA-I", "multiple choice (letter)", Headline(("scienceqa_img",), "exact_match", scale=100.0),
+    Column("SQA-I", "multiple choice (letter)", Headline(("paper_scienceqa_img",), "exact_match", scale=100.0),
            Headline(("mini_sqa",), "accuracy", scale=100.0)),
-    Column("GQA", "short answer (exact match)", Headline(("gqa",), "exact_match", scale=100.0),
+    Column("GQA", "short answer (exact match)", Headline(("paper_gqa",), "exact_match", scale=100.0),
            Headline(("mini_gqa",), "exact_match", scale=100.0)),
 )
 

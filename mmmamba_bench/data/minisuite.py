@@ -128,7 +128,7 @@ def _write_parquet_atomic(path: Path, columns: dict[str, list]) -> None:
         raise
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -154,7 +154,7 @@ def generate(out_dir: Path, seed: int = 0) -> dict:
             path = out_dir / file_name(task, split)
             _write_parquet_atomic(path, columns)
             files[path.name] = {"task": task, "split": split, "items": n_items, "rows": len(columns["row"]),
-                                "sha256": _sha256(path)}
+                                "sha256": sha256_file(path)}
     files = dict(sorted(files.items()))
     counts = {task: {split: files[file_name(task, split)]["rows"] for split in SPLITS} for task in TASKS}
     manifest = {
