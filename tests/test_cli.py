@@ -1,0 +1,41 @@
+"""The command line: every demo step is a valid invocation of a real subcommand; clear errors for bad input."""
+
+from pathlib import Path
+
+import pytest
+
+from mmmamba_bench.cli import build_parser, main
+from mmmamba_bench.demo import plan
+
+
+def test_every_demo_step_parses(tmp_path):
+    parser = build_parser()
+    for step in plan(tmp_path / "out", tmp_path / "data"):
+        args = parser.parse_args(step.argv)  # SystemExit (a test failure) on an unknown flag or subcommand
+        assert args.command == step.argv[0]
+
+
+def test_demo_chains_eval_over_all_four_models(tmp_path):
+    evals = [s for s in plan(tmp_path, tmp_path / "d") if s.name.startswith("eval-")]
+    assert [s.argv[s.argv.index("--label") + 1] for s in evals] == ["teacher", "seeded-linear", "linear", "hybrid"]
+    assert all(s.argv[s.argv.index("--tasks") + 1] == "mini" for s in evals)
+
+
+def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "nope"), "--tasks", "mini", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "neither a checkpoint directory nor a model card" in err
+    assert not any(Path(tmp_path).iterdir())  # nothing written
+
+
+def test_model_card_without_weights_env_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("MMMAMBA_BENCH_WEIGHTS", raising=False)
+    assert main(["eval", "--model", "mmmamba-linear", "--tasks", "mini", "--output", str(tmp_path)]) == 2
+    assert "MMMAMBA_BENCH_WEIGHTS" in capsys.readouterr().err
+
+
+def test_convert_without_teacher_config_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["convert"])  # required arguments missing: argparse exits
+    assert main(["convert", "--teacher", str(tmp_path), "--out", str(tmp_path / "o"), "--layout", "x"]) == 2
+    assert "config.json not found" in capsys.readouterr().err
