@@ -109,6 +109,46 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_train_teacher(sub) -> None:
+    p = sub.add_parser("train-teacher", help="train the tiny HoVLE-architecture teacher on the mini-suite")
+    p.add_argument("--recipe", required=True, type=Path, help="teacher recipe YAML (e.g. distill/teacher-demo.yaml)")
+    p.add_argument("--data", type=Path, default=None, help="mini-suite data directory (default: tasks/mini/data)")
+    p.add_argument("--out", required=True, type=Path, help="output checkpoint directory (resumes if rerun)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_teacher)
+
+
+def _cmd_train_teacher(args) -> int:
+    from mmmamba_bench.train import train_teacher
+
+    out = train_teacher(args.recipe, args.data, args.out, progress=not args.no_progress)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="seed and distil an mmMamba student (paper Sec. 4.1-4.4), resumable")
+    p.add_argument("--recipe", required=True, type=Path, help="distillation recipe YAML (e.g. distill/linear-demo.yaml)")
+    p.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint directory")
+    p.add_argument("--out", required=True, type=Path, help="output directory (seeded/, stage1/ ...; resumes if rerun)")
+    p.add_argument("--stages", default="1,2,3", help="stages to chain, e.g. 1,2,3 (default) or 1,3 (ablation)")
+    p.add_argument("--allow-stage-skip", action="store_true",
+                   help="allow a chain that skips a stage (paper Table 3 ablations); recorded in distill_state.json")
+    p.add_argument("--data", type=Path, default=None, help="mini-suite data directory (default: tasks/mini/data)")
+    p.add_argument("--device", default=None, help="override the recipe's device (cpu, cuda)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_distill)
+
+
+def _cmd_distill(args) -> int:
+    from mmmamba_bench.train import distill
+
+    out = distill(args.recipe, args.teacher, args.out, stages=args.stages, data_dir=args.data,
+                  allow_skip=args.allow_stage_skip, device=args.device, progress=not args.no_progress)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmmamba-bench", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -118,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo]
+_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo, _add_train_teacher, _add_distill]
 
 
 def main(argv: list[str] | None = None) -> int:

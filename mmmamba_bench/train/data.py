@@ -1,0 +1,58 @@
+"""Training examples from the mini-suite, encoded once, and a deterministic batch order that resumes by step."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mmmamba_bench.processor import Batch, Encoded, Processor
+
+log = logging.getLogger(__name__)
+
+
+def load_encoded(processor: Processor, data_dir: Path | None, split: str, tasks: list[str] | None = None,
+                 max_examples: int | None = None) -> tuple[list[Encoded], list[str]]:
+    """Encode every (image, prompt, answer) of ``split``: (encoded examples with labels, their task names)."""
+    from mmmamba_bench.data.minisuite import iter_examples
+
+    encoded, names = [], []
+    for ex in iter_examples(data_dir, split, tasks):
+        encoded.append(processor.encode_example(ex.question_prompt, ex.answer, ex.image))
+        names.append(ex.task)
+    if not encoded:
+        raise ValueError(f"no {split} examples found in {data_dir}")
+    if max_examples is not None and len(encoded) > max_examples:
+        gen = torch.Generator().manual_seed(1234)
+        keep = sorted(torch.randperm(len(encoded), generator=gen)[:max_examples].tolist())
+        encoded, names = [encoded[i] for i in keep], [names[i] for i in keep]
+    log.info("encoded %d %s examples", len(encoded), split)
+    return encoded, names
+
+
+class BatchStream:
+    """Batch ``step`` of an endless sequence of epochs, each a fresh permutation seeded by (seed, epoch).
+
+    The data position is a pure function of the step, so a resumed run sees exactly the batches an uninterrupted
+    run would (the last partial batch of an epoch is dropped).
+    """
+
+    def __init__(self, items: list[Encoded], processor: Processor, batch_size: int, seed: int):
+        if batch_size > len(items):
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(items)} training examples")
+        self.items, self.processor, self.batch_size, self.seed = items, processor, batch_size, seed
+        self.per_epoch = len(items) // batch_size
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch index within the epoch) of ``step``."""
+        return divmod(step, self.per_epoch)
+
+    def batch(self, step: int) -> Batch:
+        epoch, idx = self.position(step)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.items), generator=gen), epoch
+        rows = self._perm[idx * self.batch_size:(idx + 1) * self.batch_size].tolist()
+        return self.processor.collate([self.items[i] for i in rows])

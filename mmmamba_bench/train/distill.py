@@ -1,0 +1,331 @@
+"""mmMamba distillation (paper Sec. 4): seed the student from the teacher, then three stages.
+
+- Seeding (Sec. 4.1): :func:`mmmamba_bench.seeding.convert` with the recipe's layout and init ("mimic" by default).
+- Stage 1 (Sec. 4.2): layer-wise MSE. Each student Mamba-2 mixer gets the teacher's normed hidden state at that
+  layer (the teacher's attention input) and its output is compared with the teacher attention's output on the same
+  input (both after the output projection, which is inherited and frozen); the loss is the sum over converted
+  layers of the mean squared error over real (non-padding) tokens. Trains phi_stage1 = {a, W_gamma, W_conv, W_G}:
+  ``A_log_bias``, ``dt_bias``, the dt rows of ``wvkqgdt``, ``conv1d`` (weight, bias), the g rows of ``wvkqgdt`` and
+  ``g_norm_swish_gate.weight``. The q / k / v rows of ``wvkqgdt`` are frozen with a gradient mask and restored
+  after each step (:class:`~mmmamba_bench.train.loop.RowFreeze`).
+- Stage 2 (Sec. 4.3): the same loss, now also training the q / k / v rows (W_Q, W_K, W_V).
+- Stage 3 (Sec. 4.4): end-to-end KL(teacher || student) of the next-token distributions, temperature 1, averaged
+  over every real token (image tokens included); the student runs on the same inputs without the teacher's
+  intermediate states; same trainable set as stage 2. The reference code sums over tokens and divides by the
+  batch size only, and leaves ``dt_bias`` / ``A_log_bias`` frozen through a parameter-name slip; here the loss is
+  per token and those two parameters train, as the paper describes.
+
+Everything outside the Mamba-2 mixers (MLPs, norms, embeddings, vision parts, LM head), each mixer's ``o_proj``,
+and the attention layers a hybrid layout keeps are frozen in every stage.
+
+Each stage writes ``<out>/stage<k>/`` (released layout) with ``distill_state.json`` recording the producing stage,
+its input (path + weight hash), the stage's recipe hash and the chain so far; a stage refuses an input that is not
+the previous stage's finished output (the reference's issue #4). Training checkpoints under ``<out>/.work/stage<k>``
+make an interrupted run resumable: rerunning the same command skips finished stages and continues the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mmmamba_bench.model.stack import MMMambaChatModel
+from mmmamba_bench.processor import Batch, Processor
+from mmmamba_bench.train.data import BatchStream, load_encoded
+from mmmamba_bench.train.loop import RowFreeze, StepCallback, Trainable, train
+from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, stage_hash
+from mmmamba_bench.train.state import (TrainCheckpoint, read_stage_record, weights_sha256,
+                                       write_stage_record)
+
+log = logging.getLogger(__name__)
+
+SEEDED = "seeded"
+# Per stage: the Mamba-2 mixer parameters that train, and which rows of wvkqgdt (paper Sec. 4.2-4.4).
+MIXER_PARAMS = ("conv1d.weight", "conv1d.bias", "dt_bias", "A_log_bias", "g_norm_swish_gate.weight",
+                "wvkqgdt.weight")
+WVKQGDT_ROWS: dict[int, tuple[str, ...]] = {1: ("g", "dt"), 2: ("v", "k", "q", "g", "dt"),
+                                            3: ("v", "k", "q", "g", "dt")}
+
+
+class StageChainError(RuntimeError):
+    """A stage asked to start from something other than the previous stage's finished output."""
+
+
+def stage_dir(out_dir: Path, stage: int) -> Path:
+    return out_dir / f"stage{stage}"
+
+
+# ---- what trains -------------------------------------------------------------------------------------------------
+
+def mamba_layer_indices(model: MMMambaChatModel) -> list[int]:
+    return [i for i, layer in enumerate(model.layers) if layer.kind == "mamba2"]
+
+
+def layer_prefix(model: MMMambaChatModel, i: int) -> str:
+    n_emb = model.num_embedding_layers
+    return f"embedding_model.encoder.{i}" if i < n_emb else f"language_model.model.layers.{i - n_emb}"
+
+
+def stage_trainable(model: MMMambaChatModel, stage: int) -> Trainable:
+    """Freeze everything, then enable the stage's Mamba-2 parameters (with q/k/v rows masked in stage 1)."""
+    if stage not in WVKQGDT_ROWS:
+        raise ValueError(f"there is no distillation stage {stage} (stages are 1, 2, 3)")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params, freezes = {}, []
+    for i in mamba_layer_indices(model):
+        mixer = model.layers[i].attention
+        prefix = f"{layer_prefix(model, i)}.attention"
+        for suffix in MIXER_PARAMS:
+            p = mixer.get_parameter(suffix)
+            p.requires_grad_(True)
+            params[f"{prefix}.{suffix}"] = p
+        rows = torch.zeros(mixer.wvkqgdt.weight.shape[0], dtype=torch.bool)
+        for name in WVKQGDT_ROWS[stage]:
+            rows[mixer.row_slices()[name]] = True
+        if not bool(rows.all()):
+            freezes.append(RowFreeze(mixer.wvkqgdt.weight, rows))
+    if not params:
+        raise ValueError("the student has no Mamba-2 layers: nothing to distil")
+    return Trainable(params, freezes)
+
+
+# ---- losses ------------------------------------------------------------------------------------------------------
+
+def _padding(batch: Batch) -> tuple[torch.Tensor, bool]:
+    key_mask = batch.attention_mask.bool()  # [B, L]
+    return key_mask, not bool(key_mask.all())
+
+
+def layerwise_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch,
+                   scale: float = 1.0) -> torch.Tensor:
+    """Stages 1-2: sum over Mamba-2 layers of MSE(student mixer(h_i), teacher attention(h_i)) on real tokens.
+
+    h_i is the teacher's normed input of layer i, captured with a forward hook on the teacher's mixer.
+    """
+    layers = mamba_layer_indices(student)
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(i, module, args, output):
+        captured[i] = (args[0], output)  # (normed input [B, L, H], attention output [B, L, H])
+
+    handles = [teacher.layers[i].attention.register_forward_hook(partial(hook, i)) for i in layers]
+    try:
+        with torch.no_grad():
+            teacher(batch.input_ids, batch.pixel_values, attention_mask=batch.attention_mask, last_logits_only=True)
+    finally:
+        for h in handles:
+            h.remove()
+    key_mask, has_padding = _padding(batch)
+    B, L = batch.input_ids.shape
+    ctxs = [student.context(s, B, L, 0, key_mask if has_padding else None, has_padding) for s in (0, 1)]
+    weight = key_mask[..., None].to(captured[layers[0]][1].dtype)  # [B, L, 1]
+    denom = weight.sum() * captured[layers[0]][1].shape[-1]
+    loss = torch.zeros((), device=batch.input_ids.device)
+    for i in layers:
+        x, target = captured[i]
+        y = student.layers[i].attention(x, ctxs[0 if i < student.num_embedding_layers else 1])
+        loss = loss + (((y - target) ** 2) * weight).sum().float() / denom
+    return loss * scale
+
+
+def kl_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch) -> torch.Tensor:
+    """Stage 3: KL(p_teacher || p_student) at temperature 1, averaged over real tokens."""
+    with torch.no_grad():
+        t_logp = F.log_softmax(teacher(batch.input_ids, batch.pixel_values,
+                                       attention_mask=batch.attention_mask).logits.float(), dim=-1)  # [B, L, V]
+    s_logp = F.log_softmax(student(batch.input_ids, batch.pixel_values,
+                                   attention_mask=batch.attention_mask).logits.float(), dim=-1)  # [B, L, V]
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # [B, L]
+    mask = batch.attention_mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum()
+
+
+# ---- one stage ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class StageInputs:
+    """What every stage shares: the recipe, the frozen teacher and the encoded training data."""
+
+    recipe: DistillRecipe
+    teacher: MMMambaChatModel
+    teacher_dir: Path
+    processor: Processor
+    train_items: list
+    device: str
+    dtype: torch.dtype
+
+
+def check_chain(stage: int, input_dir: Path, after: int | None = None) -> dict:
+    """Refuse ``input_dir`` unless it is the finished output of stage ``after`` (default ``stage - 1``; 0 = seeded).
+
+    Returns the input's record. The weights must still hash to what the record says.
+    """
+    expected = stage - 1 if after is None else after
+    if not 0 <= expected < stage:
+        raise StageChainError(f"stage {stage} cannot follow stage {expected}")
+    record = read_stage_record(input_dir)
+    want = "the seeded student (distill_state.json stage 0)" if expected == 0 else f"stage {expected}'s output"
+    if record is None:
+        raise StageChainError(f"stage {stage} refuses {input_dir}: it has no distill_state.json; the input must be "
+                              f"{want}")
+    if record.get("stage") != expected:
+        raise StageChainError(f"stage {stage} refuses {input_dir}: it is the output of stage {record.get('stage')}, "
+                              f"but stage {stage} must start from {want} (starting elsewhere is the reference's "
+                              f"issue #4; for an ablation chain name it explicitly with --stages and "
+                              f"--allow-stage-skip)")
+    if weights_sha256(input_dir) != record.get("weights_sha256"):
+        raise StageChainError(f"stage {stage} refuses {input_dir}: its weights changed after "
+                              f"distill_state.json was written")
+    return record
+
+
+def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, work_dir: Path,
+              after: int | None = None, progress: bool = True, callback: StepCallback | None = None) -> Path:
+    """Train stage ``stage`` from ``input_dir`` into ``out_dir`` (resuming from ``work_dir``); returns ``out_dir``."""
+    from mmmamba_bench.checkpoint import load_model, save_model
+
+    record_in = check_chain(stage, input_dir, after)
+    recipe, cfg = inputs.recipe, inputs.recipe.stage(stage)
+    shash = stage_hash(recipe, stage)
+    t0 = time.perf_counter()
+    student = load_model(input_dir, device=inputs.device, dtype=inputs.dtype, ssd_backend="torch")
+    trainable = stage_trainable(student, stage)
+    student.train()
+    if stage == 3:
+        loss_fn = partial(kl_loss, inputs.teacher, student)
+    else:
+        loss_fn = partial(layerwise_loss, inputs.teacher, student, scale=cfg.loss_scale)
+    stream = BatchStream(inputs.train_items, inputs.processor, cfg.batch_size, recipe.seed + stage)
+    n_train = sum(p.numel() for p in trainable.params.values())
+    n_rows = sum(int(rf.frozen.sum()) * rf.param.shape[1] for rf in trainable.row_freezes)
+    log.info("stage %d: %d trainable parameters (%.1f%% of %d) from %s", stage, n_train - n_rows,
+             100 * (n_train - n_rows) / sum(p.numel() for p in student.parameters()),
+             sum(p.numel() for p in student.parameters()), input_dir)
+    try:
+        losses = train(name=f"stage{stage}", trainable=trainable, loss_fn=loss_fn, stream=stream, cfg=cfg,
+                       checkpoint=TrainCheckpoint(work_dir, shash), checkpoint_every=recipe.checkpoint_every,
+                       device=inputs.device, progress=progress, callback=callback)
+    finally:
+        trainable.close()
+    student.eval()
+    save_model(student, out_dir, overwrite=True, side_files_from=input_dir)
+    write_stage_record(out_dir, {
+        "stage": stage, "complete": True, "recipe_sha256": shash, "weights_sha256": weights_sha256(out_dir),
+        "input": {"path": str(input_dir), "stage": record_in["stage"], "weights_sha256": record_in["weights_sha256"]},
+        "chain": list(record_in.get("chain", [])) + [stage],
+        "teacher": record_in.get("teacher"), "layout": record_in.get("layout"),
+        "steps": cfg.steps, "last_losses": losses[-10:], "seconds_this_run": round(time.perf_counter() - t0, 1),
+    })
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir
+
+
+# ---- the whole pipeline ------------------------------------------------------------------------------------------
+
+def seed_student(recipe: DistillRecipe, teacher_dir: Path, out_dir: Path) -> Path:
+    """``<out>/seeded``: the paper's seeding (Sec. 4.1), recorded as stage 0; reused when it matches."""
+    from mmmamba_bench.seeding import convert
+
+    seeded = out_dir / SEEDED
+    teacher_hash = weights_sha256(teacher_dir)
+    want = {"teacher_sha256": teacher_hash, "layout": recipe.layout, "init": recipe.init, "seed": recipe.seed}
+    record = read_stage_record(seeded)
+    if record is not None:
+        got = {"teacher_sha256": record.get("teacher", {}).get("weights_sha256"), "layout": record.get("layout"),
+               "init": record.get("init"), "seed": record.get("seed")}
+        if got != want:
+            raise FileExistsError(f"{seeded} was seeded differently ({got} vs {want}); use a new output directory")
+        if weights_sha256(seeded) != record.get("weights_sha256"):
+            raise StageChainError(f"{seeded}: weights changed after distill_state.json was written")
+        return seeded
+    convert(teacher_dir, seeded, layout=recipe.layout, init=recipe.init, seed=recipe.seed, overwrite=True)
+    write_stage_record(seeded, {"stage": 0, "complete": True, "weights_sha256": weights_sha256(seeded),
+                                "teacher": {"path": str(teacher_dir), "weights_sha256": teacher_hash},
+                                "layout": recipe.layout, "init": recipe.init, "seed": recipe.seed, "chain": [0]})
+    return seeded
+
+
+def parse_stages(stages: str | Sequence[int], allow_skip: bool = False) -> list[int]:
+    """``"1,2,3"`` / ``[1, 3]`` -> increasing stage list; a chain other than 1, 2, 3 needs ``allow_skip``."""
+    items = [int(s) for s in stages.split(",")] if isinstance(stages, str) else [int(s) for s in stages]
+    if not items or any(s not in (1, 2, 3) for s in items) or items != sorted(set(items)):
+        raise ValueError(f"stages must be an increasing list drawn from 1, 2, 3; got {stages!r}")
+    if items != [1, 2, 3][:len(items)] and not allow_skip:
+        raise StageChainError(f"stages {items} skip a stage (each stage starts from the previous one's output: "
+                              f"seeded -> 1 -> 2 -> 3); for an ablation like the paper's Table 3 pass "
+                              f"allow_skip=True / --allow-stage-skip")
+    return items
+
+
+def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
+            stages: str | Sequence[int] = (1, 2, 3), *, data_dir: str | os.PathLike | None = None,
+            allow_skip: bool = False, device: str | None = None, progress: bool = True,
+            callback: StepCallback | None = None, evaluate: bool = True) -> Path:
+    """Seed and distil a student from ``teacher_dir`` into ``out_dir``; returns the last stage's directory.
+
+    Rerunning the same call skips finished stages (after checking their records match this recipe and input) and
+    resumes an interrupted stage from its last training checkpoint. ``callback(step, loss)`` runs after every
+    optimizer step (tests use it to simulate an interruption).
+    """
+    from mmmamba_bench.checkpoint import load_model
+
+    recipe = as_recipe(recipe, DistillRecipe)
+    chain = parse_stages(stages, allow_skip)
+    teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    device = device or recipe.device
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[recipe.dtype]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    seeded = seed_student(recipe, teacher_dir, out_dir)
+
+    inputs: StageInputs | None = None
+    prev_dir, prev_stage = seeded, 0
+    for k in chain:
+        dest = stage_dir(out_dir, k)
+        record = read_stage_record(dest)
+        if record is not None and record.get("complete"):
+            if record.get("recipe_sha256") != stage_hash(recipe, k):
+                raise FileExistsError(f"{dest} was produced with a different stage-{k} recipe; use a new output "
+                                      f"directory")
+            if record["input"]["weights_sha256"] != weights_sha256(prev_dir):
+                raise FileExistsError(f"{dest} was produced from another input than {prev_dir}; use a new output "
+                                      f"directory")
+            log.info("stage %d already finished: %s", k, dest)
+        else:
+            if inputs is None:
+                teacher = load_model(teacher_dir, device=device, dtype=dtype, ssd_backend="torch")
+                for p in teacher.parameters():
+                    p.requires_grad_(False)
+                processor = Processor.from_pretrained(teacher_dir, max_tiles=recipe.data.max_tiles)
+                items, _ = load_encoded(processor, data_dir, "train", recipe.data.tasks, recipe.data.max_examples)
+                inputs = StageInputs(recipe, teacher, teacher_dir, processor, items, device, dtype)
+            run_stage(k, inputs, prev_dir, dest, out_dir / ".work" / f"stage{k}", after=prev_stage,
+                      progress=progress, callback=callback)
+        prev_dir, prev_stage = dest, k
+    log.info("distillation done in %.1f s: %s", time.perf_counter() - t0, prev_dir)
+    if evaluate and recipe.eval.items_per_task > 0:
+        record = read_stage_record(prev_dir) or {}
+        if "validation_exact_match" not in record:
+            from mmmamba_bench.train.quickeval import format_scores, validation_accuracy
+
+            model = load_model(prev_dir, device=device, dtype=dtype, ssd_backend="torch")
+            processor = Processor.from_pretrained(prev_dir, max_tiles=recipe.data.max_tiles)
+            scores = validation_accuracy(model, processor, data_dir, recipe.eval.items_per_task, recipe.data.tasks,
+                                         recipe.eval.batch_size, recipe.eval.max_new_tokens)
+            log.info("%s: validation exact match %s", prev_dir, format_scores(scores))
+            record["validation_exact_match"] = scores
+            write_stage_record(prev_dir, record)
+    return prev_dir

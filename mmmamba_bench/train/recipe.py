@@ -1,0 +1,237 @@
+"""Training recipes as typed dataclasses, read from YAML with clear errors for unknown / missing / mistyped fields.
+
+Two recipe kinds:
+
+- :class:`TeacherRecipe` (``distill/teacher-demo.yaml``): the tiny HoVLE-architecture teacher trained from scratch.
+- :class:`DistillRecipe` (``distill/{linear,hybrid}-demo.yaml``, ``distill/mmmamba-{linear,hybrid}.yaml``): the
+  paper's seeding (Sec. 4.1) and three distillation stages (Sec. 4.2-4.4), hyper-parameters per stage (Sec. 5.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe file that is missing, unreadable, or has unknown / missing / mistyped fields."""
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW + warmup-stable-decay + gradient clipping (paper Sec. 5.1)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 5.0
+    warmup_frac: float = 0.1  # WSD: linear warm-up over the first 10% of steps
+    decay_frac: float = 0.1  # WSD: linear decay to zero over the last 10% of steps
+
+    def validate(self, where: str) -> None:
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise RecipeError(f"{where}: steps and batch_size must be positive (got {self.steps}, {self.batch_size})")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise RecipeError(f"{where}: lr and grad_clip must be positive and weight_decay >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise RecipeError(f"{where}: betas must be two numbers in [0, 1), got {self.betas}")
+        if not (0 <= self.warmup_frac <= 1 and 0 <= self.decay_frac <= 1 and self.warmup_frac + self.decay_frac <= 1):
+            raise RecipeError(f"{where}: warmup_frac and decay_frac must lie in [0, 1] and sum to at most 1")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Training data: the offline mini-suite (``mmmamba_bench.data.minisuite``)."""
+
+    source: str = "minisuite"  # the only loader implemented (the paper's SOLO jsonl is not)
+    tasks: list[str] | None = None  # None: all seven mini tasks
+    max_tiles: int = 1  # image tiles per example (the demo uses one 64 px tile)
+    max_examples: int | None = None  # cap on training examples (None: the whole train split)
+
+    def validate(self, where: str) -> None:
+        if self.source != "minisuite":
+            raise RecipeError(f"{where}: data.source {self.source!r} is not supported (only 'minisuite')")
+        if self.max_tiles < 1:
+            raise RecipeError(f"{where}: data.max_tiles must be >= 1")
+
+
+@dataclass(kw_only=True)
+class TeacherModelConfig:
+    """The teacher's shape (``config.make_config``); the vocabulary comes from the trained tokenizer."""
+
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    emb_layers: int = 2
+    llm_layers: int = 4
+    intermediate: int = 384
+    image_size: int = 64
+    patch_size: int = 8
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10_000.0
+    init_std: float = 0.02
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """The quick greedy exact-match check on the validation split."""
+
+    items_per_task: int = 40
+    max_new_tokens: int = 4
+    batch_size: int = 32
+
+
+@dataclass(kw_only=True)
+class TeacherRecipe:
+    seed: int = 0
+    model: TeacherModelConfig = field(default_factory=TeacherModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig
+    tokenizer_min_count: int = 1
+    checkpoint_every: int = 100  # steps between resumable training checkpoints
+    threads: int | None = 2  # torch.set_num_threads (None: leave as is)
+    device: str = "cpu"
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self, where: str) -> None:
+        self.optim.validate(f"{where}: optim")
+        self.data.validate(where)
+        if self.checkpoint_every <= 0:
+            raise RecipeError(f"{where}: checkpoint_every must be positive")
+
+
+@dataclass(kw_only=True)
+class StageConfig(OptimConfig):
+    """One distillation stage: the optimiser settings plus the loss scale."""
+
+    loss_scale: float = 1.0  # layer-wise MSE multiplier (the reference uses 1000; irrelevant to Adam but to clipping)
+
+
+@dataclass(kw_only=True)
+class DistillRecipe:
+    seed: int = 0
+    layout: str = "linear"  # see mmmamba_bench.layouts ("hybrid" = head-interleaved:4)
+    init: str = "mimic"  # seeding strategy (paper Table 4): mimic | inherit | scratch
+    data: DataConfig = field(default_factory=DataConfig)
+    stage1: StageConfig
+    stage2: StageConfig
+    stage3: StageConfig
+    checkpoint_every: int = 50
+    threads: int | None = 2
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16 (the paper trains in BF16)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def stage(self, k: int) -> StageConfig:
+        if k not in (1, 2, 3):
+            raise RecipeError(f"there is no distillation stage {k} (stages are 1, 2, 3)")
+        return getattr(self, f"stage{k}")
+
+    def validate(self, where: str) -> None:
+        from mmmamba_bench.seeding import INIT_STRATEGIES
+
+        for k in (1, 2, 3):
+            self.stage(k).validate(f"{where}: stage{k}")
+        self.data.validate(where)
+        if self.init not in INIT_STRATEGIES:
+            raise RecipeError(f"{where}: init {self.init!r} is not one of {INIT_STRATEGIES}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise RecipeError(f"{where}: dtype {self.dtype!r} is not float32 or bfloat16")
+        if self.checkpoint_every <= 0:
+            raise RecipeError(f"{where}: checkpoint_every must be positive")
+
+
+# ---- YAML <-> dataclass ------------------------------------------------------------------------------------------
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def from_dict(cls, data: Any, where: str):
+    """Build dataclass ``cls`` from a mapping; unknown, missing or mistyped fields raise :class:`RecipeError`."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, found {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise RecipeError(f"{where}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+    kwargs = {}
+    for name, f in known.items():
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise RecipeError(f"{where}: missing required field {name!r}")
+            continue
+        value, tp = data[name], hints[name]
+        if is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, f"{where}.{name}")
+            continue
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not _type_ok(value, tp):
+            raise RecipeError(f"{where}: field {name!r} must be {tp}, found {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path, cls):
+    """Read a YAML recipe file into ``cls`` (:class:`TeacherRecipe` or :class:`DistillRecipe`) and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc})") from None
+    recipe = from_dict(cls, data, str(path))
+    recipe.validate(str(path))
+    return recipe
+
+
+def as_recipe(recipe, cls):
+    """Accept a recipe object, a path, or a dict."""
+    if isinstance(recipe, cls):
+        recipe.validate(cls.__name__)
+        return recipe
+    if isinstance(recipe, dict):
+        out = from_dict(cls, recipe, cls.__name__)
+        out.validate(cls.__name__)
+        return out
+    return load_recipe(recipe, cls)
+
+
+def recipe_hash(recipe) -> str:
+    """sha256 of the recipe's canonical JSON (what the stage records and resume checks compare)."""
+    return hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()
+
+
+def stage_hash(recipe: DistillRecipe, stage: int) -> str:
+    """sha256 of what determines one stage's result: its own settings plus the shared ones."""
+    ignore = ("eval", "threads", "device", "checkpoint_every")  # do not change the result
+    shared = {k: v for k, v in asdict(recipe).items() if not k.startswith("stage") and k not in ignore}
+    payload = {"shared": shared, "stage": stage, "config": asdict(recipe.stage(stage))}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

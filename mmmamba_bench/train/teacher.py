@@ -1,0 +1,154 @@
+"""The tiny teacher: a HoVLE-architecture model (every layer attention) trained from scratch on the mini-suite.
+
+Plays the role of HoVLE for the demo's distillation (paper Sec. 4: mmMamba is distilled from a trained
+Transformer VLM). Steps: train a word-level tokenizer on the train split's chat prompts + answers; build the
+``demo``-shaped config with that vocabulary; initialise (normal std 0.02, residual out-projections ``wo`` / ``w2``
+scaled by 1/sqrt(2 * layers), norms 1, biases 0); train with next-token cross-entropy on the answer tokens (AdamW,
+WSD, clipping; resumable); report the held-out validation loss and a greedy exact-match accuracy per task; save in
+the released layout with ``tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmmamba_bench.config import ChatConfig, make_config
+from mmmamba_bench.model.stack import MMMambaChatModel
+from mmmamba_bench.processor import IGNORE, Batch, Processor
+from mmmamba_bench.train.data import BatchStream, load_encoded
+from mmmamba_bench.train.loop import StepCallback, Trainable, train
+from mmmamba_bench.train.recipe import TeacherRecipe, as_recipe, recipe_hash
+from mmmamba_bench.train.state import TrainCheckpoint, read_stage_record, write_stage_record
+
+log = logging.getLogger(__name__)
+
+
+def tokenizer_texts(data_dir: Path | None, tasks: list[str] | None) -> list[str]:
+    """The train split's chat prompts (without image tokens) and answers: the tokenizer's training text."""
+    from mmmamba_bench.data.minisuite import iter_examples
+    from mmmamba_bench.preprocessing import chat_prompt
+
+    texts = []
+    for ex in iter_examples(data_dir, "train", tasks):
+        texts += [chat_prompt(ex.question_prompt, num_tiles=0), ex.answer]
+    return texts
+
+
+def teacher_config(recipe: TeacherRecipe, vocab_size: int) -> ChatConfig:
+    m = recipe.model
+    return make_config(hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads, emb_layers=m.emb_layers,
+                       llm_layers=m.llm_layers, intermediate=m.intermediate, vocab=vocab_size,
+                       image_size=m.image_size, patch_size=m.patch_size, normalize_encoder_output=True,
+                       max_position_embeddings=m.max_position_embeddings, rope_theta=m.rope_theta,
+                       model_type="hovle")
+
+
+@torch.no_grad()
+def init_weights(model: MMMambaChatModel, std: float, seed: int) -> None:
+    """GPT-2 style: N(0, std) weights, zero biases, unit norms; residual outputs (wo, w2) std / sqrt(2 n_layers)."""
+    gen = torch.Generator().manual_seed(seed)
+    residual_std = std / math.sqrt(2 * model.config.num_layers)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith(".bias") or name.endswith("class_embedding"):
+            p.zero_()
+        elif name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+            p.copy_(torch.randn(p.shape, generator=gen) * residual_std)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def answer_loss(model: MMMambaChatModel, batch: Batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels != IGNORE)."""
+    logits = model(batch.input_ids, batch.pixel_values, attention_mask=batch.attention_mask).logits  # [B, L, V]
+    assert batch.labels is not None
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten(), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def held_out_loss(model: MMMambaChatModel, processor: Processor, items, batch_size: int = 64) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(items), batch_size):
+        batch = processor.collate(items[s:s + batch_size]).to(model.device)
+        n = int((batch.labels != IGNORE).sum())
+        total += float(answer_loss(model, batch)) * n
+        count += n
+    return total / max(count, 1)
+
+
+def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.PathLike | None,
+                  out_dir: str | os.PathLike, *, progress: bool = True,
+                  callback: StepCallback | None = None) -> Path:
+    """Train the tiny teacher and write it to ``out_dir`` (released layout + tokenizer.json); returns ``out_dir``.
+
+    Rerunning the same call resumes from ``<out_dir>.work`` (the resumable checkpoint) or returns at once when
+    ``out_dir`` already holds the finished teacher of this recipe; a finished teacher of another recipe is refused.
+    """
+    recipe = as_recipe(recipe, TeacherRecipe)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    out_dir = Path(out_dir)
+    rhash = recipe_hash(recipe)
+    record = read_stage_record(out_dir)
+    if record is not None:
+        if record.get("recipe_sha256") != rhash:
+            raise FileExistsError(f"{out_dir} holds a teacher trained with another recipe; choose a new --out")
+        log.info("teacher already trained: %s", out_dir)
+        return out_dir
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists but is not a finished teacher of this recipe; choose a new --out")
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    t0 = time.perf_counter()
+    work = out_dir.with_name(out_dir.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+
+    from mmmamba_bench.tokenizer import load_tokenizer, train_word_tokenizer
+
+    vocab = train_word_tokenizer(tokenizer_texts(data_dir, recipe.data.tasks), work / "tokenizer.json",
+                                 min_count=recipe.tokenizer_min_count)
+    config = teacher_config(recipe, vocab)
+    processor = Processor(load_tokenizer(work), config, max_tiles=recipe.data.max_tiles)
+    torch.manual_seed(recipe.seed)
+    model = MMMambaChatModel(config, ssd_backend="torch")
+    init_weights(model, recipe.model.init_std, recipe.seed)
+    model.to(recipe.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("teacher: vocab %d, %d layers, hidden %d, %.2fM parameters", vocab, config.num_layers,
+             recipe.model.hidden, n_params / 1e6)
+
+    train_items, _ = load_encoded(processor, data_dir, "train", recipe.data.tasks, recipe.data.max_examples)
+    val_items, _ = load_encoded(processor, data_dir, "validation", recipe.data.tasks)
+    stream = BatchStream(train_items, processor, recipe.optim.batch_size, recipe.seed)
+    t_train = time.perf_counter()
+    model.train()
+    train(name="teacher", trainable=Trainable(dict(model.named_parameters())),
+          loss_fn=lambda b: answer_loss(model, b), stream=stream, cfg=recipe.optim,
+          checkpoint=TrainCheckpoint(work, rhash), checkpoint_every=recipe.checkpoint_every,
+          device=recipe.device, progress=progress, callback=callback)
+    train_s = time.perf_counter() - t_train
+    model.eval()
+    val_loss = held_out_loss(model, processor, val_items)
+    from mmmamba_bench.train.quickeval import format_scores, validation_accuracy
+
+    scores = validation_accuracy(model, processor, data_dir, recipe.eval.items_per_task, recipe.data.tasks,
+                                 recipe.eval.batch_size, recipe.eval.max_new_tokens)
+    log.info("teacher: validation loss %.4f; exact match %s", val_loss, format_scores(scores))
+    from mmmamba_bench.checkpoint import save_model
+
+    save_model(model, out_dir, side_files_from=work)
+    write_stage_record(out_dir, {"stage": "teacher", "recipe_sha256": rhash, "validation_loss": val_loss,
+                                 "validation_exact_match": scores, "train_seconds": round(train_s, 1),
+                                 "total_seconds": round(time.perf_counter() - t0, 1), "parameters": n_params})
+    shutil.rmtree(work, ignore_errors=True)
+    return out_dir
