@@ -18,10 +18,12 @@
 Everything outside the Mamba-2 mixers (MLPs, norms, embeddings, vision parts, LM head), each mixer's ``o_proj``,
 and the attention layers a hybrid layout keeps are frozen in every stage.
 
-Each stage writes ``<out>/stage<k>/`` (released layout) with ``distill_state.json`` recording the producing stage,
-its input (path + weight hash), the stage's recipe hash and the chain so far; a stage refuses an input that is not
-the previous stage's finished output (the reference's issue #4). Training checkpoints under ``<out>/.work/stage<k>``
-make an interrupted run resumable: rerunning the same command skips finished stages and continues the current one.
+Layout on disk: intermediate results live next to the output, in ``<out>.stages/``: ``seeded/`` and ``stage<k>/``
+(released layout) each with ``distill_state.json`` recording the producing stage, its input (path + weight hash),
+the stage's recipe hash and the chain so far; a stage refuses an input that is not the previous stage's finished
+output (the reference's issue #4). Training checkpoints under ``<out>.stages/.work/stage<k>`` make an interrupted
+run resumable: rerunning the same command skips finished stages and continues the current one. ``<out>`` itself
+appears only when the whole chain has finished (an atomic copy of the last stage), so its existence means "done".
 """
 
 from __future__ import annotations
@@ -271,7 +273,7 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
             stages: str | Sequence[int] = (1, 2, 3), *, data_dir: str | os.PathLike | None = None,
             allow_skip: bool = False, device: str | None = None, progress: bool = True,
             callback: StepCallback | None = None, evaluate: bool = True) -> Path:
-    """Seed and distil a student from ``teacher_dir`` into ``out_dir``; returns the last stage's directory.
+    """Seed and distil a student from ``teacher_dir``; the final model lands in ``out_dir`` (returned).
 
     Rerunning the same call skips finished stages (after checking their records match this recipe and input) and
     resumes an interrupted stage from its last training checkpoint. ``callback(step, loss)`` runs after every
@@ -287,14 +289,23 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
         torch.set_num_threads(recipe.threads)
     device = device or recipe.device
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[recipe.dtype]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final = read_stage_record(out_dir)
+    if final is not None and final.get("complete"):
+        if final.get("chain") != [0] + chain or final.get("recipe_sha256") != stage_hash(recipe, chain[-1]):
+            raise FileExistsError(f"{out_dir} holds a distillation with another chain or recipe; choose a new --out")
+        log.info("distillation already finished: %s", out_dir)
+        return out_dir
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists but is not a finished distillation; choose a new --out")
+    work_root = out_dir.with_name(out_dir.name + ".stages")
+    work_root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    seeded = seed_student(recipe, teacher_dir, out_dir)
+    seeded = seed_student(recipe, teacher_dir, work_root)
 
     inputs: StageInputs | None = None
     prev_dir, prev_stage = seeded, 0
     for k in chain:
-        dest = stage_dir(out_dir, k)
+        dest = stage_dir(work_root, k)
         record = read_stage_record(dest)
         if record is not None and record.get("complete"):
             if record.get("recipe_sha256") != stage_hash(recipe, k):
@@ -312,20 +323,29 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
                 processor = Processor.from_pretrained(teacher_dir, max_tiles=recipe.data.max_tiles)
                 items, _ = load_encoded(processor, data_dir, "train", recipe.data.tasks, recipe.data.max_examples)
                 inputs = StageInputs(recipe, teacher, teacher_dir, processor, items, device, dtype)
-            run_stage(k, inputs, prev_dir, dest, out_dir / ".work" / f"stage{k}", after=prev_stage,
+            run_stage(k, inputs, prev_dir, dest, work_root / ".work" / f"stage{k}", after=prev_stage,
                       progress=progress, callback=callback)
         prev_dir, prev_stage = dest, k
     log.info("distillation done in %.1f s: %s", time.perf_counter() - t0, prev_dir)
+    record = read_stage_record(prev_dir) or {}
     if evaluate and recipe.eval.items_per_task > 0:
-        record = read_stage_record(prev_dir) or {}
-        if "validation_exact_match" not in record:
-            from mmmamba_bench.train.quickeval import format_scores, validation_accuracy
+        from mmmamba_bench.train.quickeval import format_scores, validation_accuracy
 
-            model = load_model(prev_dir, device=device, dtype=dtype, ssd_backend="torch")
-            processor = Processor.from_pretrained(prev_dir, max_tiles=recipe.data.max_tiles)
-            scores = validation_accuracy(model, processor, data_dir, recipe.eval.items_per_task, recipe.data.tasks,
-                                         recipe.eval.batch_size, recipe.eval.max_new_tokens)
-            log.info("%s: validation exact match %s", prev_dir, format_scores(scores))
-            record["validation_exact_match"] = scores
-            write_stage_record(prev_dir, record)
-    return prev_dir
+        model = load_model(prev_dir, device=device, dtype=dtype, ssd_backend="torch")
+        processor = Processor.from_pretrained(prev_dir, max_tiles=recipe.data.max_tiles)
+        scores = validation_accuracy(model, processor, data_dir, recipe.eval.items_per_task, recipe.data.tasks,
+                                     recipe.eval.batch_size, recipe.eval.max_new_tokens)
+        log.info("%s: validation exact match %s", prev_dir, format_scores(scores))
+        record["validation_exact_match"] = scores
+    record["stages_dir"] = str(work_root)
+    publish(prev_dir, out_dir, record)
+    return out_dir
+
+
+def publish(src: Path, dst: Path, record: dict) -> None:
+    """Copy the finished checkpoint ``src`` to ``dst`` atomically (temp sibling + rename), with ``record``."""
+    tmp = dst.with_name(f".{dst.name}.publish")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    write_stage_record(tmp, record)
+    os.replace(tmp, dst)

@@ -8,8 +8,8 @@ def wsd_factor(step: int, total: int, warmup_frac: float = 0.1, decay_frac: floa
 
     - warm-up: the first ``W = round(warmup_frac * total)`` steps ramp linearly, (step + 1) / W;
     - stable: 1.0;
-    - decay: the last ``D = round(decay_frac * total)`` steps fall linearly, (total - step) / D, so the final step
-      uses 1 / D of the peak (no step is wasted at zero).
+    - decay: the last ``D = round(decay_frac * total)`` steps fall linearly, (total - step) / (D + 1), from just
+      below the peak to 1 / (D + 1) of it (no step is wasted at zero).
     """
     if total <= 0:
         raise ValueError(f"total steps must be positive, got {total}")
@@ -20,5 +20,5 @@ def wsd_factor(step: int, total: int, warmup_frac: float = 0.1, decay_frac: floa
     if step < warm:
         return (step + 1) / warm
     if step >= total - decay:
-        return (total - step) / decay
+        return (total - step) / (decay + 1)
     return 1.0
