@@ -45,6 +45,7 @@ class Digits:
 
     images: np.ndarray  # [N, 8, 8] float32
     labels: np.ndarray  # [N] int64
+    indices: np.ndarray  # [N] rows of sklearn's load_digits() (disjoint between splits)
 
     def indices_of(self, digit: int) -> np.ndarray:
         return np.flatnonzero(self.labels == digit)
@@ -101,7 +102,11 @@ def split_digits(seed: int) -> dict[str, Digits]:
         pools["train"] += idx[:n_train].tolist()
         pools["validation"] += idx[n_train : n_train + n_val].tolist()
         pools["test"] += idx[n_train + n_val :].tolist()
-    return {s: Digits(images[sorted(p)], labels[sorted(p)]) for s, p in pools.items()}
+    out = {}
+    for split, pool in pools.items():
+        idx = np.asarray(sorted(pool))
+        out[split] = Digits(images[idx], labels[idx], idx)
+    return out
 
 
 def load_sources(seed: int) -> Sources:

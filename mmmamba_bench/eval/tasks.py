@@ -108,7 +108,7 @@ def _mini_problems(task: str, data_dir: Path) -> list[str]:
     problems = []
     try:
         meta = pq.read_metadata(path)
-        minisuite.check_columns(meta.schema.names, meta.num_rows, str(path))
+        minisuite.check_columns(meta.schema.to_arrow_schema().names, meta.num_rows, str(path))
     except Exception as exc:  # pyarrow errors, MiniSuiteDataError
         problems.append(f"{exc}")
     if minisuite.sha256_file(path) != expected:
@@ -128,26 +128,31 @@ def _judge_problems(task: str) -> list[str]:
     return []
 
 
-def check_tasks(task_names: Iterable[str], data_dir: Path | str | None = None) -> None:
+def check_tasks(task_names: Iterable[str], data_dir: Path | str | None = None, *,
+                mini_data_dir: Path | str | None = None) -> None:
     """Raise :class:`TaskSetupError` listing every problem that would stop or silently spoil these tasks.
 
     ``data_dir`` is the local datasets cache of the real benchmarks (default :func:`real.default_data_dir`); the
-    mini tasks always read ``tasks/mini/data`` next to their YAMLs. Checks: known task name; mini-suite file present,
-    well-formed and matching its manifest; real datasets present in ``data_dir`` with the split evaluated; judge
-    credentials for judge-scored tasks. Nothing is downloaded or imported from lmms-eval.
+    mini tasks read ``tasks/mini/data`` next to their YAMLs (``mini_data_dir`` is for tests). Checks: known task
+    name; mini-suite file present, well-formed and matching its manifest; real datasets present in ``data_dir``
+    with the split evaluated; judge credentials for judge-scored tasks. Nothing is downloaded; lmms-eval is not
+    imported.
     """
     data_dir = Path(data_dir).expanduser() if data_dir is not None else real.default_data_dir()
-    mini_dir = repo_root() / "tasks" / "mini" / "data"
+    mini_dir = Path(mini_data_dir) if mini_data_dir is not None else repo_root() / "tasks" / "mini" / "data"
+    task_names = list(task_names)
     problems: list[tuple[str, str]] = []
+    paper = [t for t in task_names if t in PAPER_TASKS]
+    if paper and not data_dir.is_dir():
+        problems.append((", ".join(paper), f"data directory {data_dir} does not exist (set {real.DATA_DIR_ENV} or "
+                                           f"pass the data dir; fetch the data once with network: "
+                                           f"`python -m mmmamba_bench.data.real --data-dir DIR paper`)"))
     for task in task_names:
         if task in MINI_TASKS:
             found = _mini_problems(task, mini_dir)
         elif task in PAPER_TASKS:
             found = []
-            if not data_dir.is_dir():
-                found.append(f"data directory {data_dir} does not exist (set {real.DATA_DIR_ENV} or pass the data "
-                             f"dir; fetch once with `python -m mmmamba_bench.data.real --data-dir DIR paper`)")
-            else:
+            if data_dir.is_dir():
                 found += [f"{p}; fetch it once with network: `python -m mmmamba_bench.data.real --data-dir "
                           f"{data_dir} {task}`" for p in real.missing_data(task, data_dir)]
             if task in JUDGE_TASKS:
