@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from mmmamba_bench.config import StackConfig
 from mmmamba_bench.model.cache import AttentionCache
@@ -47,9 +48,11 @@ class Attention(nn.Module):
             k, v = cache.k[:, :, :end], cache.v[:, :, :end]  # read only the filled length
         if ctx.attn_mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.attn_mask, enable_gqa=True)
+        elif L > 1 and cache is not None and ctx.start > 0:
+            # a chunk continuing a cached sequence: causal aligned to the bottom right (query i sits at
+            # start + i), which flash / memory-efficient kernels take without a materialised [L, start + L] mask
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(L, ctx.start + L),
+                                                 enable_gqa=True)
         else:
-            causal = L > 1 and (cache is None or ctx.start == 0)
-            if L > 1 and not causal:
-                raise AssertionError("a multi-token call with a cache offset needs an explicit attention mask")
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(B, L, self.nh * self.hd))

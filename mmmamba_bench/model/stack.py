@@ -149,9 +149,7 @@ class MMMambaChatModel(nn.Module):
             token_mask = key_mask[:, start:end]
         else:
             position_ids = torch.arange(start, end, device=device)[None].expand(batch, length)
-            attn_mask = None
-            if length > 1 and start > 0:  # a chunk continuing a cached sequence
-                attn_mask = torch.ones(length, end, dtype=torch.bool, device=device).tril(diagonal=start)[None, None]
+            attn_mask = None  # plain causal; a chunk continuing a cache is aligned bottom-right by Attention
             token_mask = None
         cos, sin = self._rotary[stack].cos_sin(position_ids, end, self.dtype)
         return ForwardContext(cos=cos, sin=sin, start=start, attn_mask=attn_mask, token_mask=token_mask,

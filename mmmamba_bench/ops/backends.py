@@ -79,7 +79,7 @@ def _mamba_ssm_backend() -> SSDBackend:
     def scan(x, dt, A, B, C, initial_state=None):
         y, final = combined.mamba_chunk_scan_combined(
             x, dt, A.float(), B, C, chunk_size=256, D=None, z=None, dt_bias=None,
-            initial_states=None if initial_state is None else initial_state.to(x.dtype),
+            initial_states=None if initial_state is None else initial_state.float(),  # read as float32
             dt_softplus=False, return_final_states=True)
         return y, final.float()
 

@@ -1,0 +1,498 @@
+"""Fused Triton kernels for the batch-1 decode step; each has a plain-PyTorch twin of the same name in
+:mod:`.torch_ops` (same arguments, same roundings) that the tests compare it with.
+
+Design (memory-bound: each step reads every weight once, so the kernels are built around batch-1 GEMV):
+
+- GEMV: a program owns ``BLOCK_N`` output rows and walks K in ``BLOCK_K`` slices with 16-byte loads, keeping a
+  [BLOCK_N, BLOCK_K] float32 accumulator and reducing once at the end; many programs per SM keep enough loads in
+  flight. Norms and activations are fused as prologues (RMSNorm of the input, recomputed per program from the
+  4 KB hidden vector) and epilogues (conv + SiLU + softplus, SiLU gate, RoPE + cache write, residual add).
+- Mamba-2 state update: one program per (head, BLOCK_P rows of the state), state read and written once.
+- Attention: flash-decoding over the static cache, split along its length into ``n_splits`` programs per KV head
+  (fixed at capture time); each reads the filled length from a device tensor, so one captured graph serves every
+  step, and splits past the filled length exit at once; a second kernel merges the splits.
+
+Only bfloat16 models are supported here (the fast path's dtype); launch configurations are chosen by
+:class:`GemvTuner`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _bf(x):
+    """Round a float32 value through bfloat16 (what a bf16 tensor op stores)."""
+    return x.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
+def _rstd(x_ptr, eps, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        xv = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
+        acc += xv * xv
+    return 1.0 / tl.sqrt(tl.sum(acc, axis=0) / K + eps)
+
+
+@triton.jit
+def _normed(x_ptr, nw_ptr, offs, rstd):
+    xv = tl.load(x_ptr + offs).to(tl.float32)
+    nw = tl.load(nw_ptr + offs).to(tl.float32)
+    return _bf(_bf(xv * rstd) * nw)
+
+
+# ---- RMSNorm + GEMV family --------------------------------------------------------------------------------------
+
+@triton.jit
+def _norm_gemv_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
+        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
+        if EVEN_N:
+            w = tl.load(wp)
+        else:
+            w = tl.load(wp, mask=rmask[:, None], other=0.0)
+        acc += w.to(tl.float32) * xin[None, :]
+    out = tl.sum(acc, axis=1)
+    tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def _mamba_in_kernel(x_ptr, nw_ptr, eps, W_ptr, cs_ptr, cw_ptr, cb_ptr, dtb_ptr, xbc_ptr, g_ptr, dt_ptr, N,
+                     C: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
+        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
+        if EVEN_N:
+            w = tl.load(wp)
+        else:
+            w = tl.load(wp, mask=rmask[:, None], other=0.0)
+        acc += w.to(tl.float32) * xin[None, :]
+    val = _bf(tl.sum(acc, axis=1))  # the Linear output, bf16
+    is_conv = rows < C
+    is_g = (rows >= C) & (rows < C + G)
+    is_dt = (rows >= C + G) & rmask
+    # width-2 causal conv with the previous token's channels, then SiLU (bf16 roundings as in the eager model)
+    prev = tl.load(cs_ptr + rows, mask=is_conv, other=0.0).to(tl.float32)
+    w0 = tl.load(cw_ptr + rows * 2, mask=is_conv, other=0.0).to(tl.float32)
+    w1 = tl.load(cw_ptr + rows * 2 + 1, mask=is_conv, other=0.0).to(tl.float32)
+    bias = tl.load(cb_ptr + rows, mask=is_conv, other=0.0).to(tl.float32)
+    conv = _bf(_bf(_bf(val * w1) + _bf(prev * w0)) + bias)
+    act = conv / (1.0 + tl.exp(-conv))
+    tl.store(cs_ptr + rows, val.to(tl.bfloat16), mask=is_conv)
+    tl.store(xbc_ptr + rows, act.to(tl.bfloat16), mask=is_conv)
+    tl.store(g_ptr + (rows - C), val.to(tl.bfloat16), mask=is_g)
+    z = val + tl.load(dtb_ptr + (rows - C - G), mask=is_dt, other=0.0).to(tl.float32)
+    sp = tl.where(z > 20.0, z, tl.where(z < -15.0, tl.exp(z), tl.log(1.0 + tl.exp(z))))
+    tl.store(dt_ptr + (rows - C - G), sp, mask=is_dt)
+
+
+@triton.jit
+def _swiglu_kernel(x_ptr, nw_ptr, eps, W1_ptr, W3_ptr, h_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
+    acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
+        off = rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
+        if EVEN_N:
+            w1 = tl.load(W1_ptr + off)
+            w3 = tl.load(W3_ptr + off)
+        else:
+            w1 = tl.load(W1_ptr + off, mask=rmask[:, None], other=0.0)
+            w3 = tl.load(W3_ptr + off, mask=rmask[:, None], other=0.0)
+        acc1 += w1.to(tl.float32) * xin[None, :]
+        acc3 += w3.to(tl.float32) * xin[None, :]
+    a = _bf(tl.sum(acc1, axis=1))
+    b = _bf(tl.sum(acc3, axis=1))
+    h = _bf(a / (1.0 + tl.exp(-a))) * b
+    tl.store(h_ptr + rows, h.to(tl.bfloat16), mask=rmask)
+
+
+@triton.jit
+def _gemv_residual_kernel(v_ptr, W_ptr, x_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          EVEN_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        vin = tl.load(v_ptr + k0 + cols).to(tl.float32)
+        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
+        if EVEN_N:
+            w = tl.load(wp)
+        else:
+            w = tl.load(wp, mask=rmask[:, None], other=0.0)
+        acc += w.to(tl.float32) * vin[None, :]
+    out = _bf(tl.sum(acc, axis=1))
+    xo = tl.load(x_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    tl.store(x_ptr + rows, (xo + out).to(tl.bfloat16), mask=rmask)
+
+
+@triton.jit
+def _gated_gemv_residual_kernel(y_ptr, g_ptr, gw_ptr, eps, W_ptr, x_ptr, N, K: tl.constexpr, HD: tl.constexpr,
+                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    heads = tl.arange(0, BLOCK_K // HD)
+    d = tl.arange(0, HD)
+    gw = tl.load(gw_ptr + d).to(tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs2 = k0 + heads[:, None] * HD + d[None, :]
+        yv = tl.load(y_ptr + offs2).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(yv * yv, axis=1) / HD + eps)
+        zn = _bf(_bf(yv * rstd[:, None]) * gw[None, :])
+        gv = tl.load(g_ptr + offs2).to(tl.float32)
+        z = _bf(zn * _bf(gv / (1.0 + tl.exp(-gv))))
+        zin = tl.reshape(z, [BLOCK_K])
+        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
+        if EVEN_N:
+            w = tl.load(wp)
+        else:
+            w = tl.load(wp, mask=rmask[:, None], other=0.0)
+        acc += w.to(tl.float32) * zin[None, :]
+    out = _bf(tl.sum(acc, axis=1))
+    xo = tl.load(x_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    tl.store(x_ptr + rows, (xo + out).to(tl.bfloat16), mask=rmask)
+
+
+@triton.jit
+def _qkv_rope_kernel(x_ptr, nw_ptr, eps, W_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, q_ptr, T_max,
+                     K: tl.constexpr, HD: tl.constexpr, N_REP: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    # A program owns rows j and j + HD/2 of one hd-row block, so it can rotate them (rotate-half RoPE).
+    HALF: tl.constexpr = HD // 2
+    PER_BLOCK: tl.constexpr = HALF // BLOCK_N
+    pid = tl.program_id(0)
+    blk = pid // PER_BLOCK
+    j = (pid % PER_BLOCK) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_lo = blk * HD + j
+    cols = tl.arange(0, BLOCK_K)
+    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
+    acc_lo = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc_hi = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
+        off = rows_lo[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
+        w_lo = tl.load(W_ptr + off)
+        w_hi = tl.load(W_ptr + off + HALF * K)
+        acc_lo += w_lo.to(tl.float32) * xin[None, :]
+        acc_hi += w_hi.to(tl.float32) * xin[None, :]
+    a = _bf(tl.sum(acc_lo, axis=1))
+    c = _bf(tl.sum(acc_hi, axis=1))
+    pos = tl.load(pos_ptr)
+    cs_lo = tl.load(cos_ptr + pos * HD + j).to(tl.float32)
+    cs_hi = tl.load(cos_ptr + pos * HD + HALF + j).to(tl.float32)
+    sn_lo = tl.load(sin_ptr + pos * HD + j).to(tl.float32)
+    sn_hi = tl.load(sin_ptr + pos * HD + HALF + j).to(tl.float32)
+    r_lo = _bf(_bf(a * cs_lo) + _bf(-c * sn_lo))
+    r_hi = _bf(_bf(c * cs_hi) + _bf(a * sn_hi))
+    grp = blk // (N_REP + 2)
+    r = blk % (N_REP + 2)
+    if r < N_REP:
+        qo = (grp * N_REP + r) * HD + j
+        tl.store(q_ptr + qo, r_lo.to(tl.bfloat16))
+        tl.store(q_ptr + qo + HALF, r_hi.to(tl.bfloat16))
+    elif r == N_REP:
+        ko = grp.to(tl.int64) * T_max * HD + pos * HD + j
+        tl.store(kc_ptr + ko, r_lo.to(tl.bfloat16))
+        tl.store(kc_ptr + ko + HALF, r_hi.to(tl.bfloat16))
+    else:
+        vo = grp.to(tl.int64) * T_max * HD + pos * HD + j
+        tl.store(vc_ptr + vo, a.to(tl.bfloat16))
+        tl.store(vc_ptr + vo + HALF, c.to(tl.bfloat16))
+
+
+# ---- Mamba-2 state update ---------------------------------------------------------------------------------------
+
+@triton.jit
+def _ssm_step_kernel(xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP: tl.constexpr, NKV: tl.constexpr,
+                     P: tl.constexpr, NS: tl.constexpr, BLOCK_P: tl.constexpr):
+    h = tl.program_id(0)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, NS)
+    g = h // N_REP
+    v = tl.load(xbc_ptr + g * P + p).to(tl.float32)
+    kB = tl.load(xbc_ptr + NKV * P + g * NS + n).to(tl.float32)
+    qC = tl.load(xbc_ptr + NKV * (P + NS) + h * NS + n).to(tl.float32)
+    dt = tl.load(dt_ptr + h)
+    A = -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
+    decay = tl.exp(dt * A)
+    offs = h * P * NS + p[:, None] * NS + n[None, :]
+    S = tl.load(S_ptr + offs)
+    S = S * decay + (dt * v)[:, None] * kB[None, :]
+    tl.store(S_ptr + offs, S)
+    y = tl.sum(S * qC[None, :], axis=1)
+    tl.store(y_ptr + h * P + p, y.to(tl.bfloat16))
+
+
+# ---- attention over the static cache ----------------------------------------------------------------------------
+
+@triton.jit
+def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_max, n_splits, qk_scale,
+                       N_REP: tl.constexpr, HD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_T: tl.constexpr):
+    g = tl.program_id(0)
+    s = tl.program_id(1)
+    cur = tl.load(pos_ptr) + 1  # filled length including this step's token
+    start = s * SPLIT
+    end = tl.minimum(start + SPLIT, cur)
+    rq = tl.arange(0, 16)  # tl.dot needs 16 rows: the n_rep query heads of this KV head, zero-padded
+    d = tl.arange(0, HD)
+    qmask = rq < N_REP
+    q = tl.load(q_ptr + (g * N_REP + rq)[:, None] * HD + d[None, :], mask=qmask[:, None], other=0.0).to(tl.float32)
+    m_i = tl.full([16], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([16], dtype=tl.float32)
+    acc = tl.zeros([16, HD], dtype=tl.float32)
+    base = g.to(tl.int64) * T_max * HD
+    if start < cur:  # splits past the filled length only record "empty"
+        # a static trip count (masked past ``end``): the first block always holds a valid token
+        for t0 in range(0, SPLIT, BLOCK_T):
+            t = start + t0 + tl.arange(0, BLOCK_T)
+            tm = t < end
+            kv_off = base + t[:, None].to(tl.int64) * HD + d[None, :]
+            k = tl.load(kc_ptr + kv_off, mask=tm[:, None], other=0.0)
+            # float32 operands (tf32 dots hold bf16 values exactly; Triton's interpreter mis-multiplies bf16 dots)
+            sc = tl.dot(q, tl.trans(k.to(tl.float32))) * qk_scale  # log2 domain
+            sc = tl.where(tm[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(vc_ptr + kv_off, mask=tm[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+            m_i = m_new
+    head = g * N_REP + rq
+    tl.store(m_ptr + head * n_splits + s, m_i, mask=qmask)
+    tl.store(l_ptr + head * n_splits + s, l_i, mask=qmask)
+    tl.store(o_ptr + (head[:, None] * n_splits + s) * HD + d[None, :], acc, mask=qmask[:, None])
+
+
+@triton.jit
+def _attn_combine_kernel(m_ptr, l_ptr, o_ptr, out_ptr, n_splits: tl.constexpr, HD: tl.constexpr,
+                         BLOCK_S: tl.constexpr):
+    h = tl.program_id(0)
+    d = tl.arange(0, HD)
+    M = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        M = tl.maximum(M, tl.load(m_ptr + h * n_splits + s, mask=s < n_splits, other=float("-inf")))
+    Mx = tl.max(M, axis=0)
+    L = tl.zeros([BLOCK_S], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_S, HD], dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        sm = s < n_splits
+        m = tl.load(m_ptr + h * n_splits + s, mask=sm, other=float("-inf"))
+        w = tl.where(m > float("-inf"), tl.exp2(m - Mx), 0.0)
+        L += tl.load(l_ptr + h * n_splits + s, mask=sm, other=0.0) * w
+        o = tl.load(o_ptr + (h * n_splits + s)[:, None] * HD + d[None, :], mask=sm[:, None], other=0.0)
+        acc += o * w[:, None]
+    out = tl.sum(acc, axis=0) / tl.sum(L, axis=0)
+    tl.store(out_ptr + h * HD + d, out.to(tl.bfloat16))
+
+
+# ---- launch configurations --------------------------------------------------------------------------------------
+
+GEMV_CANDIDATES = ((2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 256, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4),
+                   (16, 512, 8), (4, 2048, 8), (2, 2048, 4))
+
+
+def default_config(N: int, K: int) -> tuple[int, int, int]:
+    """A reasonable (BLOCK_N, BLOCK_K, num_warps) without tuning; BLOCK_K always divides K."""
+    bk = min(512, K)
+    while K % bk:
+        bk //= 2
+    return (8, bk, 4)
+
+
+class GemvTuner:
+    """Chooses and remembers a (BLOCK_N, BLOCK_K, num_warps) per GEMV kernel and shape.
+
+    ``tune=True`` times :data:`GEMV_CANDIDATES` once per (kernel, N, K) on scratch outputs (never on live decode
+    state), with the weights of the first layer that needs it; otherwise :func:`default_config` is used.
+    """
+
+    def __init__(self, tune: bool = True):
+        self.tune = tune
+        self.chosen: dict[tuple[str, int, int], tuple[int, int, int]] = {}
+        self.timings: dict[str, float] = {}
+
+    def get(self, name: str, N: int, K: int, bench=None, constraint=None) -> tuple[int, int, int]:
+        key = (name, N, K)
+        if key in self.chosen:
+            return self.chosen[key]
+        cands = [c for c in GEMV_CANDIDATES if K % c[1] == 0 and c[1] <= K and (constraint is None or constraint(c))]
+        if not self.tune or bench is None or not cands:
+            cfg = default_config(N, K)
+            if constraint is not None and not constraint(cfg):
+                cfg = next((c for c in cands), cfg)
+        else:
+            best = None
+            for c in cands:
+                t = triton.testing.do_bench(lambda c=c: bench(c), warmup=5, rep=20, return_mode="median")
+                if best is None or t < best[0]:
+                    best = (t, c)
+            cfg = best[1]
+            self.timings[f"{name}[{N}x{K}]"] = best[0] * 1e3  # microseconds
+        self.chosen[key] = cfg
+        return cfg
+
+    def describe(self) -> dict[str, str]:
+        return {f"{n}[{N}x{K}]": f"BN{c[0]}/BK{c[1]}/w{c[2]}" for (n, N, K), c in self.chosen.items()}
+
+
+def _grid_n(N: int, bn: int) -> tuple[int]:
+    return (triton.cdiv(N, bn),)
+
+
+class TritonOps:
+    """The :mod:`.torch_ops` functions as Triton launches; launch configurations come from ``tuner``."""
+
+    name = "triton"
+
+    def __init__(self, tuner: GemvTuner | None = None):
+        self.tuner = tuner or GemvTuner(tune=False)
+
+    def _needs(self, name: str, N: int, K: int) -> bool:
+        return self.tuner.tune and (name, N, K) not in self.tuner.chosen
+
+    # Each op picks its config (tuning once on scratch outputs), then launches.
+    def norm_gemv_mamba_in(self, x, norm_w, eps, W, conv_state, conv_w, conv_b, dt_bias, xbc_out, g_out,
+                           dt_out) -> None:
+        N, K = W.shape
+        C, G = conv_state.shape[0], g_out.shape[0]
+
+        def launch(cfg, cs, xo, go, do):
+            bn, bk, nw = cfg
+            _mamba_in_kernel[_grid_n(N, bn)](x, norm_w, eps, W, cs, conv_w, conv_b, dt_bias, xo, go, do, N, C=C,
+                                             G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw)
+
+        scratch = None
+        if self._needs("mamba_in", N, K):
+            scratch = (conv_state.clone(), torch.empty_like(xbc_out), torch.empty_like(g_out), torch.empty_like(dt_out))
+        cfg = self.tuner.get("mamba_in", N, K, bench=(lambda c: launch(c, *scratch)) if scratch else None)
+        launch(cfg, conv_state, xbc_out, g_out, dt_out)
+
+    def ssm_step(self, xbc, dt, A_log, state, y_out, nkv: int) -> None:
+        nh, p, n = state.shape
+        block_p = 8 if p % 8 == 0 else p
+        _ssm_step_kernel[(nh, p // block_p)](xbc, dt, A_log, state, y_out, N_REP=nh // nkv, NKV=nkv, P=p, NS=n,
+                                            BLOCK_P=block_p, num_warps=4)
+
+    def gated_gemv_residual(self, y, g, gate_w, eps, W, x) -> None:
+        N, K = W.shape
+        hd = gate_w.shape[0]
+
+        def launch(cfg, xo):
+            bn, bk, nw = cfg
+            _gated_gemv_residual_kernel[_grid_n(N, bn)](y, g, gate_w, eps, W, xo, N, K=K, HD=hd, BLOCK_N=bn,
+                                                        BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw)
+
+        scratch = x.clone() if self._needs("gated_oproj", N, K) else None
+        cfg = self.tuner.get("gated_oproj", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None,
+                             constraint=lambda c: c[1] % hd == 0)
+        if cfg[1] % hd:
+            cfg = (cfg[0], hd * max(1, cfg[1] // hd), cfg[2])
+        launch(cfg, x)
+
+    def norm_gemv_swiglu(self, x, norm_w, eps, W1, W3, h_out) -> None:
+        N, K = W1.shape
+
+        def launch(cfg, ho):
+            bn, bk, nw = cfg
+            _swiglu_kernel[_grid_n(N, bn)](x, norm_w, eps, W1, W3, ho, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
+                                           EVEN_N=N % bn == 0, num_warps=nw)
+
+        scratch = torch.empty_like(h_out) if self._needs("swiglu", N, K) else None
+        cfg = self.tuner.get("swiglu", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None)
+        launch(cfg, h_out)
+
+    def gemv_residual(self, v, W, x) -> None:
+        N, K = W.shape
+
+        def launch(cfg, xo):
+            bn, bk, nw = cfg
+            _gemv_residual_kernel[_grid_n(N, bn)](v, W, xo, N, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0,
+                                                  num_warps=nw)
+
+        scratch = x.clone() if self._needs("gemv_residual", N, K) else None
+        cfg = self.tuner.get("gemv_residual", N, K,
+                             bench=(lambda c: launch(c, scratch)) if scratch is not None else None)
+        launch(cfg, x)
+
+    def norm_gemv(self, x, norm_w, eps, W, out) -> None:
+        N, K = W.shape
+
+        def launch(cfg, o):
+            bn, bk, nw = cfg
+            _norm_gemv_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
+                                              EVEN_N=N % bn == 0, num_warps=nw)
+
+        scratch = torch.empty_like(out) if self._needs("norm_gemv", N, K) else None
+        cfg = self.tuner.get("norm_gemv", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None)
+        launch(cfg, out)
+
+    def norm_gemv_qkv_rope(self, x, norm_w, eps, W, cos_t, sin_t, pos, k_cache, v_cache, q_out, n_rep: int) -> None:
+        N, K = W.shape
+        nkv, T, hd = k_cache.shape
+
+        def launch(cfg, kc, vc, qo):
+            bn, bk, nw = cfg
+            grid = (N // hd * (hd // 2 // bn),)
+            _qkv_rope_kernel[grid](x, norm_w, eps, W, cos_t, sin_t, pos, kc, vc, qo, T, K=K, HD=hd, N_REP=n_rep,
+                                   BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
+
+        scratch = None
+        if self._needs("qkv_rope", N, K):
+            # k/v writes land at ``pos`` only; a scratch copy of one cache head would do, but the write is
+            # idempotent (same values at the same place), so the live caches are safe to use while tuning.
+            scratch = (k_cache, v_cache, torch.empty_like(q_out))
+        cfg = self.tuner.get("qkv_rope", N, K, bench=(lambda c: launch(c, *scratch)) if scratch else None,
+                             constraint=lambda c: (hd // 2) % c[0] == 0)
+        launch(cfg, k_cache, v_cache, q_out)
+
+    def attn_decode(self, q, k_cache, v_cache, pos, out, plan: "AttnPlan") -> None:
+        nkv, T, hd = k_cache.shape
+        nh = q.numel() // hd
+        _attn_split_kernel[(nkv, plan.n_splits)](q, k_cache, v_cache, pos, plan.m, plan.l, plan.o, T, plan.n_splits,
+                                                 LOG2E / math.sqrt(hd), N_REP=nh // nkv, HD=hd, SPLIT=plan.split,
+                                                 BLOCK_T=plan.block_t, num_warps=4)
+        _attn_combine_kernel[(nh,)](plan.m, plan.l, plan.o, out, plan.n_splits, HD=hd, BLOCK_S=32, num_warps=4)
+
+
+class AttnPlan:
+    """Split-KV workspace for one cache size: ``split`` tokens per program, ``n_splits`` programs per KV head."""
+
+    def __init__(self, nh: int, hd: int, max_len: int, device, target_splits: int = 64, block_t: int = 64):
+        self.block_t = block_t
+        self.split = max(block_t, triton.cdiv(triton.cdiv(max_len, target_splits), block_t) * block_t)
+        self.n_splits = triton.cdiv(max_len, self.split)
+        self.m = torch.empty(nh, self.n_splits, device=device, dtype=torch.float32)
+        self.l = torch.empty(nh, self.n_splits, device=device, dtype=torch.float32)
+        self.o = torch.empty(nh, self.n_splits, hd, device=device, dtype=torch.float32)
