@@ -158,7 +158,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo, _add_train_teacher, _add_distill]
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="decode latency / memory vs context with the bandwidth floor (Fig. 1)")
+    p.add_argument("--models", required=True, help="comma list of presets (hovle-2.6b, mmmamba-linear, "
+                   "mmmamba-hybrid, tiny, demo: random weights built on the device) or checkpoint dirs")
+    p.add_argument("--contexts", default=None, help="comma list, K = 1024 tokens (default 1k,...,103k,128k on "
+                   "CUDA; 64,256 on CPU)")
+    p.add_argument("--memory-cap", default=None, help="limit device memory, e.g. 24GiB (the paper's RTX 4090)")
+    p.add_argument("--baseline", default="optimized", help="optimized | paper | optimized,paper")
+    p.add_argument("--out", type=Path, default=Path("reports/profile.json"))
+    p.add_argument("--steps", type=int, default=50, help="timed decode steps per context (median reported)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--chunk-size", type=int, default=16384, help="prefill chunk (tokens)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--impl", default="auto", choices=("auto", "triton", "torch"), help="decode-step kernels")
+    p.add_argument("--no-graph", action="store_true", help="do not capture the decode step in a CUDA graph")
+    p.add_argument("--no-tune", action="store_true", help="default GEMV launch configs instead of timing candidates")
+    p.add_argument("--ssd-backend", default="auto", help="prefill SSD scan: auto | torch | mamba_ssm | fla")
+    p.add_argument("--hf-peer", default=None, help="contexts at which to also time transformers' LlamaForCausalLM "
+                   "of HoVLE's shape (DynamicCache, eager), e.g. 103k")
+    p.set_defaults(func=_cmd_profile)
+
+
+def _cmd_profile(args) -> int:
+    from mmmamba_bench.profiler import commands as pc
+    from mmmamba_bench.profiler.floor import parse_contexts, parse_size
+    from mmmamba_bench.profiler.models import DTYPES
+
+    device = pc.resolve_device(args.device)
+    if args.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {args.dtype!r}; choose from {sorted(DTYPES)}")
+    contexts = parse_contexts(args.contexts or (pc.DEFAULT_CONTEXTS if device.type == "cuda" else pc.CPU_CONTEXTS))
+    rows = pc.run_profile([m.strip() for m in args.models.split(",") if m.strip()], contexts,
+                          [b.strip() for b in args.baseline.split(",") if b.strip()], args.out, device,
+                          DTYPES[args.dtype], memory_cap=parse_size(args.memory_cap) if args.memory_cap else None,
+                          steps=args.steps, warmup=args.warmup, chunk_size=args.chunk_size, impl=args.impl,
+                          graph=not args.no_graph, tune=not args.no_tune, ssd_backend=args.ssd_backend,
+                          peer_contexts=parse_contexts(args.hf_peer) if args.hf_peer else None)
+    print(pc.summary(rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_speed(sub) -> None:
+    p = sub.add_parser("speed", help="Table-2 recipe: one image + 'Describe the image specifically', 256 tokens")
+    p.add_argument("--models", required=True, help="comma list of presets or checkpoint dirs")
+    p.add_argument("--output-tokens", type=int, default=256, help="forced new tokens (no EOS stop)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up run (median reported)")
+    p.add_argument("--out", type=Path, default=Path("reports/speed.json"))
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--impl", default="auto", choices=("auto", "triton", "torch"))
+    p.add_argument("--no-graph", action="store_true")
+    p.add_argument("--no-tune", action="store_true")
+    p.add_argument("--ssd-backend", default="auto")
+    p.set_defaults(func=_cmd_speed)
+
+
+def _cmd_speed(args) -> int:
+    from mmmamba_bench.profiler import commands as pc
+    from mmmamba_bench.profiler.models import DTYPES
+
+    if args.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {args.dtype!r}; choose from {sorted(DTYPES)}")
+    rows = pc.run_speed([m.strip() for m in args.models.split(",") if m.strip()], args.out,
+                        pc.resolve_device(args.device), DTYPES[args.dtype], output_tokens=args.output_tokens,
+                        repeats=args.repeats, impl=args.impl, graph=not args.no_graph, tune=not args.no_tune,
+                        ssd_backend=args.ssd_backend)
+    for r in rows:
+        print(f"{r.model}: {r.tokens_per_s:.1f} tokens/s, total {r.total_s:.3f} s (prefill {r.prefill_s:.3f} s)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo, _add_train_teacher, _add_distill, _add_profile, _add_speed]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run on the lent GPU machine (device tool), from the repository root: installs the carried wheels (.whl/), then
+# runs one stage. Results go to $OUT (the device tool brings them back).
+#   check   : GPU tests (fused kernels vs twins, SSD backends, captured vs eager decode) + a short profile
+#   profile : the full profile (all models, all contexts, both baselines, the transformers peer at 103K)
+#   cap     : the 24 GiB memory-cap run at 103K/128K, and the Table-2 speed run
+set -uo pipefail
+stage=${1:?stage}
+export PYTHONUNBUFFERED=1 MAMBA_DETERMINISTIC=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia_smi.txt"
+case $stage in
+  check)
+    python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -x 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+    python3 -m mmmamba_bench.cli profile --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --contexts 1k,32k \
+      --baseline optimized --steps 30 --warmup 5 --out "$OUT/check_profile.json" 2>&1 | tail -12
+    ;;
+  profile)
+    python3 -m mmmamba_bench.cli profile --models mmmamba-linear,mmmamba-hybrid --contexts "${CONTEXTS:-1k,2k,4k,8k,16k,32k,64k,103k,128k}" \
+      --baseline optimized --out "$OUT/profile_mamba.json" 2>&1 | grep -v "^$" | tail -25
+    python3 -m mmmamba_bench.cli profile --models hovle-2.6b --contexts "${CONTEXTS:-1k,2k,4k,8k,16k,32k,64k,103k,128k}" \
+      --baseline optimized,paper --hf-peer 103k --out "$OUT/profile_hovle.json" 2>&1 | tail -25
+    ;;
+  cap)
+    python3 -m mmmamba_bench.cli profile --models mmmamba-linear,mmmamba-hybrid --contexts 103k,128k \
+      --baseline optimized --memory-cap 24GiB --out "$OUT/profile_cap24_mamba.json" 2>&1 | tail -8
+    python3 -m mmmamba_bench.cli profile --models hovle-2.6b --contexts 103k,128k \
+      --baseline optimized,paper --memory-cap 24GiB --out "$OUT/profile_cap24_hovle.json" 2>&1 | tail -8
+    python3 -m mmmamba_bench.cli speed --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --out "$OUT/speed.json" 2>&1 | tail -6
+    ;;
+esac

@@ -1,0 +1,94 @@
+"""The captured fast decode step (FastDecoder, Triton kernels, one CUDA graph) gives the eager step's logits over 64
+steps, for all three kinds of model. GPU only (run through the device tool)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmmamba_bench.config import make_config
+from mmmamba_bench.generation import prefill
+from mmmamba_bench.model.stack import MMMambaChatModel
+from tests.helpers import rel_err
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+LAYOUTS = {"linear": ["mamba2"] * 4, "hybrid": ["mha", "mamba2", "mamba2", "mha"], "transformer": ["mha"] * 4}
+
+
+def _model(kind: str, seed: int = 0) -> MMMambaChatModel:
+    """HoVLE's layer shapes (hidden 2048, 16 / 8 heads of 128, MLP 8192, vocab 92553), 2 + 2 layers, dynamic NTK
+    RoPE with a short max_position so the decode crosses into the scaled regime."""
+    cfg = make_config(hidden=2048, heads=16, kv_heads=8, emb_layers=2, llm_layers=2, intermediate=8192, vocab=92553,
+                      image_size=448, patch_size=14, block_types=LAYOUTS[kind], normalize_encoder_output=True,
+                      max_position_embeddings=320, rope_scaling={"type": "dynamic", "factor": 2.0})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.device("cuda"):
+        model = MMMambaChatModel(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log_bias"):
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 - 1)
+            elif name.endswith("dt_bias"):
+                p.copy_(torch.rand(p.shape, generator=gen) * 2 - 3)
+            elif name.endswith("norm.weight") or name.endswith("gate.weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * p.shape[-1] ** -0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model.to(torch.bfloat16).eval()
+
+
+@pytest.mark.parametrize("kind", ["linear", "hybrid", "transformer"])
+def test_captured_step_matches_eager(kind):
+    from mmmamba_bench.fast.decoder import FastDecoder
+    from mmmamba_bench.fast.triton_ops import GemvTuner
+
+    torch.manual_seed(0)
+    model = _model(kind)
+    V = model.config.llm_config.vocab_size
+    prompt = torch.randint(0, V, (1, 300), device="cuda")
+    steps = 64
+    caches = [model.allocate_cache(1, 300 + steps + 1) for _ in range(3)]
+    first = [prefill(model, c, prompt, chunk_size=128) for c in caches]
+    assert all(torch.equal(first[0], f) for f in first[1:])
+    tuner = GemvTuner(tune=False)
+    graph_dec = FastDecoder(model, caches[0], impl="triton", tuner=tuner, greedy=False)
+    eager_dec = FastDecoder(model, caches[1], impl="triton", tuner=tuner, greedy=False)
+    tokens = torch.randint(0, V, (steps,), device="cuda")
+    graph_dec.start(tokens[0])
+    eager_dec.start(tokens[0])
+    worst_model = 0.0
+    for t in range(steps):
+        graph_dec.set_token(tokens[t])
+        eager_dec.set_token(tokens[t])
+        lg = graph_dec.step().clone()
+        if t == 0:
+            graph_dec.capture()
+        le = eager_dec.step().clone()
+        with torch.no_grad():
+            lm = model(tokens[t].view(1, 1), cache=caches[2]).logits[0, -1]
+        assert torch.equal(lg, le), f"step {t}: captured and eager fused steps differ"
+        assert not lg.isnan().any()
+        worst_model = max(worst_model, rel_err(lg, lm))
+    assert worst_model < 1e-2, f"fused step vs the model's eager forward: {worst_model:.2e}"
+    assert graph_dec.graph is not None and caches[0].length == 300 + steps
+
+
+def test_greedy_graph_loop_advances_on_device():
+    from mmmamba_bench.fast.decoder import FastDecoder
+
+    model = _model("hybrid")
+    V = model.config.llm_config.vocab_size
+    prompt = torch.randint(0, V, (1, 50), device="cuda")
+    c1 = model.allocate_cache(1, 80)
+    l1 = prefill(model, c1, prompt)
+    dec = FastDecoder(model, c1, impl="triton")
+    dec.start(l1.argmax(-1))
+    dec.step()
+    dec.capture()
+    for _ in range(9):
+        dec.step()
+    assert int(dec.pos) == 60 and c1.length == 60
+    # the graph fed its own argmax forward: the token waiting for the next step is the last logits' argmax
+    assert int(dec.tok) == int(dec.logits.argmax())
