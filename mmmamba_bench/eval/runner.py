@@ -42,8 +42,8 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    args = {"pretrained": str(path), "label": label, "dtype": dtype, "batch_size": batch_size,
-            "ssd_backend": ssd_backend}
+    # batch_size reaches the adapter through simple_evaluate's own argument, not model_args.
+    args = {"pretrained": str(path), "label": label, "dtype": dtype, "ssd_backend": ssd_backend}
     if device:
         args["device"] = device
     model_args = ",".join(f"{k}={v}" for k, v in args.items())
