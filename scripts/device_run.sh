@@ -7,11 +7,15 @@
 set -uo pipefail
 stage=${1:?stage}
 export PYTHONUNBUFFERED=1 MAMBA_DETERMINISTIC=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+[ -d /tmp/site/mamba_ssm ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.mem --format=csv | tee "$OUT/nvidia_smi.txt"
 case $stage in
+  all)
+    bash "$0" profile 2>&1 | tee "$OUT/run.log"; bash "$0" cap 2>&1 | tee -a "$OUT/run.log"
+    python3 -m pytest -q -s -m gpu tests/test_fast_decode_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -8
+    ;;
   check)
     python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -x 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
     python3 -m mmmamba_bench.cli profile --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --contexts 1k,32k \

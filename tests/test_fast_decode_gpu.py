@@ -41,24 +41,32 @@ def _model(kind: str, seed: int = 0) -> MMMambaChatModel:
 
 @pytest.mark.parametrize("kind", ["linear", "hybrid", "transformer"])
 def test_captured_step_matches_eager(kind):
+    """Captured == eager fused step exactly (same kernels); both as close to a float64 run of the same weights as
+    the model's own eager bf16 forward is (bf16 noise through 4 random layers is a few per cent, for both)."""
+    import copy
+
     from mmmamba_bench.fast.decoder import FastDecoder
     from mmmamba_bench.fast.triton_ops import GemvTuner
 
     torch.manual_seed(0)
     model = _model(kind)
+    ref = copy.deepcopy(model).double()
+    ref.set_ssd_backend("torch")
     V = model.config.llm_config.vocab_size
     prompt = torch.randint(0, V, (1, 300), device="cuda")
     steps = 64
     caches = [model.allocate_cache(1, 300 + steps + 1) for _ in range(3)]
     first = [prefill(model, c, prompt, chunk_size=128) for c in caches]
     assert all(torch.equal(first[0], f) for f in first[1:])
+    ref_cache = ref.allocate_cache(1, 300 + steps + 1)
+    prefill(ref, ref_cache, prompt, chunk_size=128)
     tuner = GemvTuner(tune=False)
     graph_dec = FastDecoder(model, caches[0], impl="triton", tuner=tuner, greedy=False)
     eager_dec = FastDecoder(model, caches[1], impl="triton", tuner=tuner, greedy=False)
     tokens = torch.randint(0, V, (steps,), device="cuda")
     graph_dec.start(tokens[0])
     eager_dec.start(tokens[0])
-    worst_model = 0.0
+    fused_err, model_err = [], []
     for t in range(steps):
         graph_dec.set_token(tokens[t])
         eager_dec.set_token(tokens[t])
@@ -68,10 +76,15 @@ def test_captured_step_matches_eager(kind):
         le = eager_dec.step().clone()
         with torch.no_grad():
             lm = model(tokens[t].view(1, 1), cache=caches[2]).logits[0, -1]
+            l64 = ref(tokens[t].view(1, 1), cache=ref_cache).logits[0, -1]
         assert torch.equal(lg, le), f"step {t}: captured and eager fused steps differ"
         assert not lg.isnan().any()
-        worst_model = max(worst_model, rel_err(lg, lm))
-    assert worst_model < 1e-2, f"fused step vs the model's eager forward: {worst_model:.2e}"
+        fused_err.append(rel_err(lg, l64))
+        model_err.append(rel_err(lm, l64))
+    print(f"{kind}: vs float64, fused max {max(fused_err):.2e} mean {sum(fused_err) / steps:.2e}; "
+          f"eager bf16 model max {max(model_err):.2e} mean {sum(model_err) / steps:.2e}")
+    assert max(fused_err) < 1.5 * max(model_err) + 1e-3
+    assert sum(fused_err) < 1.5 * sum(model_err) + steps * 1e-3
     assert graph_dec.graph is not None and caches[0].length == 300 + steps
 
 
