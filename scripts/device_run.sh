@@ -33,5 +33,8 @@ case $stage in
     python3 -m mmmamba_bench.cli profile --models hovle-2.6b --contexts 103k,128k \
       --baseline optimized,paper --memory-cap 24GiB --out "$OUT/profile_cap24_hovle.json" 2>&1 | tail -8
     python3 -m mmmamba_bench.cli speed --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --out "$OUT/speed.json" 2>&1 | tail -6
+    for be in fla torch; do
+      python3 -m mmmamba_bench.cli speed --models mmmamba-linear --ssd-backend $be --out "$OUT/speed_ssd_$be.json" 2>&1 | tail -2
+    done
     ;;
 esac

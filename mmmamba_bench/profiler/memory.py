@@ -130,7 +130,8 @@ def apply_memory_cap(cap_bytes: int, device: torch.device) -> MemoryCap:
     limit = max(0, cap_bytes - overhead)
     if limit > total:
         raise ValueError(f"memory cap {cap_bytes} exceeds the device's {total} bytes")
-    torch.cuda.set_per_process_memory_fraction(limit / total, device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(limit / total, index)
     log.info("memory cap %.2f GiB: allocator limit %.2f GiB (%.2f GiB outside the allocator)", cap_bytes / 2**30,
              limit / 2**30, overhead / 2**30)
     return MemoryCap(cap_bytes, limit, overhead, enforced=True)
