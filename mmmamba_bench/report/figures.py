@@ -57,6 +57,9 @@ def _log2_context_axis(ax: Axes, contexts: Sequence[int]) -> None:
     ax.set_xlabel("context (tokens)")
 
 
+LOG_Y_SPAN = 10.0  # values spanning more than this factor get a log y axis
+
+
 def _plot_vs_context(rows: Sequence[ProfileRow], value: Callable[[ProfileRow], float | None], ylabel: str,
                      title: str, floor: Callable[[ProfileRow], float | None] | None = None,
                      caps: Sequence[float] = ()) -> Figure:
@@ -80,8 +83,15 @@ def _plot_vs_context(rows: Sequence[ProfileRow], value: Callable[[ProfileRow], f
     if floor is not None:
         plotted.extend(_draw_floors(ax, rows, floor, colours))
 
-    top = max(plotted) * HEADROOM if plotted else 1.0
-    ax.set_ylim(0.0, top)
+    positive = [v for v in plotted if v > 0]
+    if positive and max(positive) / min(positive) > LOG_Y_SPAN:
+        # e.g. a paper-style baseline 30x above the optimised lines: a linear axis would flatten the latter
+        ax.set_yscale("log")
+        top = max(positive) * HEADROOM**2
+        ax.set_ylim(min(positive) / HEADROOM**2, top)
+    else:
+        top = max(plotted) * HEADROOM if plotted else 1.0
+        ax.set_ylim(0.0, top)
     for cap in caps:
         ax.axhline(cap, color="grey", linestyle=":", linewidth=1.2, label=f"memory cap {cap:.1f} GiB", gid="cap")
     _draw_ooms(ax, groups, top, colours, with_device)
