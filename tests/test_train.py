@@ -27,7 +27,7 @@ TINY_TEACHER = {
 }
 
 
-def write_tiny_suite(out_dir, items: int = 12) -> None:
+def write_tiny_suite(out_dir, items: int = 6) -> None:
     """A few rows of two mini tasks (train + validation) in the mini-suite's parquet schema."""
     from mmmamba_bench.data.minisuite import SCHEMA, file_name
     from mmmamba_bench.data.minitasks import BUILDERS, Canvas
