@@ -339,10 +339,10 @@ def _sqa_item(c: Canvas, category: str) -> tuple[np.ndarray, Question]:
                                             "even" if d % 2 == 0 else "odd", ["odd" if d % 2 == 0 else "even"],
                                             category, hint=PARITY_HINT)
     if category == "arithmetic":
-        d, k = int(c.rng.integers(8)), int(c.rng.integers(1, 3))
-        wrong = c.pick([x for x in range(d - 1, d + k + 3) if x >= 0 and x != d + k], 2)
-        return c.digit(d), _choice_question(c, f"What is the number in the image plus {NUMBER_WORDS[k]}?",
-                                            str(d + k), [str(x) for x in wrong], category)
+        d = int(c.rng.integers(10))
+        wrong = c.pick([x for x in range(d - 2, d + 4) if x >= 0 and x != d + 1], 2)
+        return c.digit(d), _choice_question(c, "What is the number in the image plus one?", str(d + 1),
+                                            [str(x) for x in wrong], category)
     if category == "classification":
         obj = c.pick(OBJECTS)
         kinds = sorted(set(KIND.values()))

@@ -116,7 +116,7 @@ def _mini_problems(task: str, data_dir: Path) -> list[str]:
     return problems
 
 
-def _judge_problems(task: str) -> list[str]:
+def _judge_problems() -> list[str]:
     api_type = os.environ.get("API_TYPE", "openai").strip().lower()
     needed = JUDGE_CREDENTIALS.get(api_type)
     if needed is None:
@@ -156,7 +156,7 @@ def check_tasks(task_names: Iterable[str], data_dir: Path | str | None = None, *
                 found += [f"{p}; fetch it once with network: `python -m mmmamba_bench.data.real --data-dir "
                           f"{data_dir} {task}`" for p in real.missing_data(task, data_dir)]
             if task in JUDGE_TASKS:
-                found += _judge_problems(task)
+                found += _judge_problems()
         else:
             found = [f"unknown task; known tasks: {sorted(KNOWN_TASKS)}"]
         problems += [(task, what) for what in found]
