@@ -4,4 +4,6 @@
 - :mod:`.triton_ops`: the same ops as fused Triton kernels (CUDA only; imported lazily, never at package import).
 - :mod:`.decoder`: :class:`~.decoder.FastDecoder`, one decode step over the model's fixed-shape cache, built from
   those ops and captured once in a CUDA graph.
+- :mod:`.prefill`: :class:`~.prefill.PrefillGraph`, a fixed-shape prompt's prefill captured once in a CUDA graph
+  (reference twin: :func:`mmmamba_bench.generation.prefill`).
 """

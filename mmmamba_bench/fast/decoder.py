@@ -118,7 +118,8 @@ class FastDecoder:
     ``greedy=True`` the step feeds its argmax to the next step, otherwise call :meth:`set_token` before each step.
     """
 
-    def __init__(self, model, cache: InferenceCache, impl: str = "auto", tuner=None, greedy: bool = True):
+    def __init__(self, model, cache: InferenceCache, impl: str = "auto", tuner=None, greedy: bool = True,
+                 pdl: bool | None = None):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if cache.batch_size != 1:
@@ -145,7 +146,7 @@ class FastDecoder:
         if impl == "triton":
             from mmmamba_bench.fast.triton_ops import AttnPlan, GemvTuner, TritonOps
 
-            self.ops = TritonOps(tuner if tuner is not None else GemvTuner(tune=True))
+            self.ops = TritonOps(tuner if tuner is not None else GemvTuner(tune=True), pdl=pdl)
         else:
             self.ops = TorchOps()
         self.layers = [self._layer(i, layer, c) for i, (layer, c) in enumerate(zip(model.layers, cache.layers))]
@@ -275,6 +276,8 @@ class FastDecoder:
                "gemv": "triton-fused" if self.impl == "triton" else "torch",
                "ssd_step": "triton-fused" if self.impl == "triton" else "torch",
                "attention": ("triton-split-kv" if self.impl == "triton" else "sdpa") if self.has_attention else "-"}
+        if self.impl == "triton":
+            out["pdl"] = "on" if self.ops.pdl else "off"
         if self.plan is not None:
             out["attn_split"] = f"{self.plan.n_splits}x{self.plan.split}"
         return out
@@ -284,4 +287,4 @@ class FastDecoder:
         cp = self.model.code_path
         p = self.path()
         cp.ssd_step, cp.attention, cp.graph = p["ssd_step"], p["attention"], p["graph"]
-        cp.extra.update({"decode": p["decode"], "gemv": p["gemv"]})
+        cp.extra.update({k: p[k] for k in ("decode", "gemv", "pdl") if k in p})

@@ -12,6 +12,10 @@ Design (memory-bound: each step reads every weight once, so the kernels are buil
   (fixed at capture time); each reads the filled length from a device tensor, so one captured graph serves every
   step, and splits past the filled length exit at once; a second kernel merges the splits.
 
+- Programmatic dependent launch (sm_90+, ``TritonOps(pdl=...)``): each kernel loads its first weight tile before
+  ``gdc_wait`` and then lets the next kernel launch, so launch latency and the next weight fetch overlap the
+  previous kernel's tail inside the captured graph; results are bit-identical to serial launches.
+
 Only bfloat16 models are supported here (the fast path's dtype); launch configurations are chosen by
 :class:`GemvTuner`.
 """
@@ -19,12 +23,41 @@ Only bfloat16 models are supported here (the fast path's dtype); launch configur
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
+
+
+def pdl_supported(device: torch.device | None = None) -> bool:
+    """Programmatic dependent launch needs Hopper (sm_90) or newer, and real hardware (not the interpreter)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+@triton.jit
+def _pdl_sync(PDL: tl.constexpr):
+    """With programmatic dependent launch this kernel may start while the previous one still runs: everything
+    before this point may read only what no recent kernel writes (weights); after it, all earlier kernels have
+    finished and their writes are visible. Then let the next kernel start its own prologue."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def _wtile(W_ptr, rows, rmask, k0, cols, K: tl.constexpr, EVEN_N: tl.constexpr):
+    wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
+    if EVEN_N:
+        w = tl.load(wp)
+    else:
+        w = tl.load(wp, mask=rmask[:, None], other=0.0)
+    return w
 
 
 @triton.jit
@@ -53,19 +86,17 @@ def _normed(x_ptr, nw_ptr, offs, rstd):
 
 @triton.jit
 def _norm_gemv_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+                      BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
+    w = _wtile(W_ptr, rows, rmask, 0, cols, K, EVEN_N)  # the first weight tile, before waiting
+    _pdl_sync(PDL)
     rstd = _rstd(x_ptr, eps, K, BLOCK_K)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    acc = w.to(tl.float32) * _normed(x_ptr, nw_ptr, cols, rstd)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
-        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
-        if EVEN_N:
-            w = tl.load(wp)
-        else:
-            w = tl.load(wp, mask=rmask[:, None], other=0.0)
+        w = _wtile(W_ptr, rows, rmask, k0, cols, K, EVEN_N)
         acc += w.to(tl.float32) * xin[None, :]
     out = tl.sum(acc, axis=1)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=rmask)
@@ -74,29 +105,28 @@ def _norm_gemv_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, N, K: tl.constexpr, BL
 @triton.jit
 def _mamba_in_kernel(x_ptr, nw_ptr, eps, W_ptr, cs_ptr, cw_ptr, cb_ptr, dtb_ptr, xbc_ptr, g_ptr, dt_ptr, N,
                      C: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+                     BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
-    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
-        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
-        if EVEN_N:
-            w = tl.load(wp)
-        else:
-            w = tl.load(wp, mask=rmask[:, None], other=0.0)
-        acc += w.to(tl.float32) * xin[None, :]
-    val = _bf(tl.sum(acc, axis=1))  # the Linear output, bf16
     is_conv = rows < C
     is_g = (rows >= C) & (rows < C + G)
     is_dt = (rows >= C + G) & rmask
-    # width-2 causal conv with the previous token's channels, then SiLU (bf16 roundings as in the eager model)
-    prev = tl.load(cs_ptr + rows, mask=is_conv, other=0.0).to(tl.float32)
+    # weights first (nothing writes them), then wait for the previous kernel
+    w = _wtile(W_ptr, rows, rmask, 0, cols, K, EVEN_N)
     w0 = tl.load(cw_ptr + rows * 2, mask=is_conv, other=0.0).to(tl.float32)
     w1 = tl.load(cw_ptr + rows * 2 + 1, mask=is_conv, other=0.0).to(tl.float32)
     bias = tl.load(cb_ptr + rows, mask=is_conv, other=0.0).to(tl.float32)
+    _pdl_sync(PDL)
+    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
+    acc = w.to(tl.float32) * _normed(x_ptr, nw_ptr, cols, rstd)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
+        w = _wtile(W_ptr, rows, rmask, k0, cols, K, EVEN_N)
+        acc += w.to(tl.float32) * xin[None, :]
+    val = _bf(tl.sum(acc, axis=1))  # the Linear output, bf16
+    # width-2 causal conv with the previous token's channels, then SiLU (bf16 roundings as in the eager model)
+    prev = tl.load(cs_ptr + rows, mask=is_conv, other=0.0).to(tl.float32)
     conv = _bf(_bf(_bf(val * w1) + _bf(prev * w0)) + bias)
     act = conv / (1.0 + tl.exp(-conv))
     tl.store(cs_ptr + rows, val.to(tl.bfloat16), mask=is_conv)
@@ -109,22 +139,21 @@ def _mamba_in_kernel(x_ptr, nw_ptr, eps, W_ptr, cs_ptr, cw_ptr, cb_ptr, dtb_ptr,
 
 @triton.jit
 def _swiglu_kernel(x_ptr, nw_ptr, eps, W1_ptr, W3_ptr, h_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+                   BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
+    w1 = _wtile(W1_ptr, rows, rmask, 0, cols, K, EVEN_N)
+    w3 = _wtile(W3_ptr, rows, rmask, 0, cols, K, EVEN_N)
+    _pdl_sync(PDL)
     rstd = _rstd(x_ptr, eps, K, BLOCK_K)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    acc3 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    xin = _normed(x_ptr, nw_ptr, cols, rstd)
+    acc1 = w1.to(tl.float32) * xin[None, :]
+    acc3 = w3.to(tl.float32) * xin[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
-        off = rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
-        if EVEN_N:
-            w1 = tl.load(W1_ptr + off)
-            w3 = tl.load(W3_ptr + off)
-        else:
-            w1 = tl.load(W1_ptr + off, mask=rmask[:, None], other=0.0)
-            w3 = tl.load(W3_ptr + off, mask=rmask[:, None], other=0.0)
+        w1 = _wtile(W1_ptr, rows, rmask, k0, cols, K, EVEN_N)
+        w3 = _wtile(W3_ptr, rows, rmask, k0, cols, K, EVEN_N)
         acc1 += w1.to(tl.float32) * xin[None, :]
         acc3 += w3.to(tl.float32) * xin[None, :]
     a = _bf(tl.sum(acc1, axis=1))
@@ -135,18 +164,16 @@ def _swiglu_kernel(x_ptr, nw_ptr, eps, W1_ptr, W3_ptr, h_ptr, N, K: tl.constexpr
 
 @triton.jit
 def _gemv_residual_kernel(v_ptr, W_ptr, x_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          EVEN_N: tl.constexpr):
+                          EVEN_N: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    w = _wtile(W_ptr, rows, rmask, 0, cols, K, EVEN_N)
+    _pdl_sync(PDL)
+    acc = w.to(tl.float32) * tl.load(v_ptr + cols).to(tl.float32)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         vin = tl.load(v_ptr + k0 + cols).to(tl.float32)
-        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
-        if EVEN_N:
-            w = tl.load(wp)
-        else:
-            w = tl.load(wp, mask=rmask[:, None], other=0.0)
+        w = _wtile(W_ptr, rows, rmask, k0, cols, K, EVEN_N)
         acc += w.to(tl.float32) * vin[None, :]
     out = _bf(tl.sum(acc, axis=1))
     xo = tl.load(x_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -154,28 +181,32 @@ def _gemv_residual_kernel(v_ptr, W_ptr, x_ptr, N, K: tl.constexpr, BLOCK_N: tl.c
 
 
 @triton.jit
+def _gated_z(y_ptr, g_ptr, gw, eps, k0, heads, d, HD: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs2 = k0 + heads[:, None] * HD + d[None, :]
+    yv = tl.load(y_ptr + offs2).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(yv * yv, axis=1) / HD + eps)
+    zn = _bf(_bf(yv * rstd[:, None]) * gw[None, :])
+    gv = tl.load(g_ptr + offs2).to(tl.float32)
+    z = _bf(zn * _bf(gv / (1.0 + tl.exp(-gv))))
+    return tl.reshape(z, [BLOCK_K])
+
+
+@triton.jit
 def _gated_gemv_residual_kernel(y_ptr, g_ptr, gw_ptr, eps, W_ptr, x_ptr, N, K: tl.constexpr, HD: tl.constexpr,
-                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr):
+                                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr,
+                                PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
     heads = tl.arange(0, BLOCK_K // HD)
     d = tl.arange(0, HD)
     gw = tl.load(gw_ptr + d).to(tl.float32)
-    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs2 = k0 + heads[:, None] * HD + d[None, :]
-        yv = tl.load(y_ptr + offs2).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(yv * yv, axis=1) / HD + eps)
-        zn = _bf(_bf(yv * rstd[:, None]) * gw[None, :])
-        gv = tl.load(g_ptr + offs2).to(tl.float32)
-        z = _bf(zn * _bf(gv / (1.0 + tl.exp(-gv))))
-        zin = tl.reshape(z, [BLOCK_K])
-        wp = W_ptr + rows[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
-        if EVEN_N:
-            w = tl.load(wp)
-        else:
-            w = tl.load(wp, mask=rmask[:, None], other=0.0)
+    w = _wtile(W_ptr, rows, rmask, 0, cols, K, EVEN_N)
+    _pdl_sync(PDL)
+    acc = w.to(tl.float32) * _gated_z(y_ptr, g_ptr, gw, eps, 0, heads, d, HD, BLOCK_K)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        zin = _gated_z(y_ptr, g_ptr, gw, eps, k0, heads, d, HD, BLOCK_K)
+        w = _wtile(W_ptr, rows, rmask, k0, cols, K, EVEN_N)
         acc += w.to(tl.float32) * zin[None, :]
     out = _bf(tl.sum(acc, axis=1))
     xo = tl.load(x_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
@@ -185,7 +216,7 @@ def _gated_gemv_residual_kernel(y_ptr, g_ptr, gw_ptr, eps, W_ptr, x_ptr, N, K: t
 @triton.jit
 def _qkv_rope_kernel(x_ptr, nw_ptr, eps, W_ptr, cos_ptr, sin_ptr, pos_ptr, kc_ptr, vc_ptr, q_ptr, T_max,
                      K: tl.constexpr, HD: tl.constexpr, N_REP: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
+                     BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     # A program owns rows j and j + HD/2 of one hd-row block, so it can rotate them (rotate-half RoPE).
     HALF: tl.constexpr = HD // 2
     PER_BLOCK: tl.constexpr = HALF // BLOCK_N
@@ -194,14 +225,18 @@ def _qkv_rope_kernel(x_ptr, nw_ptr, eps, W_ptr, cos_ptr, sin_ptr, pos_ptr, kc_pt
     j = (pid % PER_BLOCK) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows_lo = blk * HD + j
     cols = tl.arange(0, BLOCK_K)
+    off = rows_lo[:, None].to(tl.int64) * K + cols[None, :]
+    w_lo = tl.load(W_ptr + off)
+    w_hi = tl.load(W_ptr + off + HALF * K)
+    _pdl_sync(PDL)
     rstd = _rstd(x_ptr, eps, K, BLOCK_K)
-    acc_lo = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    acc_hi = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    xin = _normed(x_ptr, nw_ptr, cols, rstd)
+    acc_lo = w_lo.to(tl.float32) * xin[None, :]
+    acc_hi = w_hi.to(tl.float32) * xin[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
-        off = rows_lo[:, None].to(tl.int64) * K + (k0 + cols)[None, :]
-        w_lo = tl.load(W_ptr + off)
-        w_hi = tl.load(W_ptr + off + HALF * K)
+        w_lo = tl.load(W_ptr + off + k0)
+        w_hi = tl.load(W_ptr + off + k0 + HALF * K)
         acc_lo += w_lo.to(tl.float32) * xin[None, :]
         acc_hi += w_hi.to(tl.float32) * xin[None, :]
     a = _bf(tl.sum(acc_lo, axis=1))
@@ -233,19 +268,22 @@ def _qkv_rope_kernel(x_ptr, nw_ptr, eps, W_ptr, cos_ptr, sin_ptr, pos_ptr, kc_pt
 
 @triton.jit
 def _ssm_step_kernel(xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP: tl.constexpr, NKV: tl.constexpr,
-                     P: tl.constexpr, NS: tl.constexpr, BLOCK_P: tl.constexpr):
+                     P: tl.constexpr, NS: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr):
     h = tl.program_id(0)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, NS)
     g = h // N_REP
+    A = -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
+    offs = h * P * NS + p[:, None] * NS + n[None, :]
+    # The state was last written by this layer's update one decode step ago, well before the previous kernel
+    # (which only waits for the kernel before it): safe to read before waiting.
+    S = tl.load(S_ptr + offs)
+    _pdl_sync(PDL)
     v = tl.load(xbc_ptr + g * P + p).to(tl.float32)
     kB = tl.load(xbc_ptr + NKV * P + g * NS + n).to(tl.float32)
     qC = tl.load(xbc_ptr + NKV * (P + NS) + h * NS + n).to(tl.float32)
     dt = tl.load(dt_ptr + h)
-    A = -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
     decay = tl.exp(dt * A)
-    offs = h * P * NS + p[:, None] * NS + n[None, :]
-    S = tl.load(S_ptr + offs)
     S = S * decay + (dt * v)[:, None] * kB[None, :]
     tl.store(S_ptr + offs, S)
     y = tl.sum(S * qC[None, :], axis=1)
@@ -256,9 +294,11 @@ def _ssm_step_kernel(xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP: tl.constexp
 
 @triton.jit
 def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_max, n_splits, qk_scale,
-                       N_REP: tl.constexpr, HD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_T: tl.constexpr):
+                       N_REP: tl.constexpr, HD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_T: tl.constexpr,
+                       PDL: tl.constexpr):
     g = tl.program_id(0)
     s = tl.program_id(1)
+    _pdl_sync(PDL)
     cur = tl.load(pos_ptr) + 1  # filled length including this step's token
     start = s * SPLIT
     end = tl.minimum(start + SPLIT, cur)
@@ -295,9 +335,10 @@ def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_ma
 
 @triton.jit
 def _attn_combine_kernel(m_ptr, l_ptr, o_ptr, out_ptr, n_splits: tl.constexpr, HD: tl.constexpr,
-                         BLOCK_S: tl.constexpr):
+                         BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     h = tl.program_id(0)
     d = tl.arange(0, HD)
+    _pdl_sync(PDL)
     M = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
     for s0 in range(0, n_splits, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
@@ -376,8 +417,11 @@ class TritonOps:
 
     name = "triton"
 
-    def __init__(self, tuner: GemvTuner | None = None):
+    def __init__(self, tuner: GemvTuner | None = None, pdl: bool | None = None):
         self.tuner = tuner or GemvTuner(tune=False)
+        # programmatic dependent launch: each kernel's launch and weight prefetch overlap the previous kernel's tail
+        self.pdl = pdl_supported() if pdl is None else bool(pdl)
+        self._kw = {"PDL": self.pdl, "launch_pdl": self.pdl}
 
     def _needs(self, name: str, N: int, K: int) -> bool:
         return self.tuner.tune and (name, N, K) not in self.tuner.chosen
@@ -391,7 +435,8 @@ class TritonOps:
         def launch(cfg, cs, xo, go, do):
             bn, bk, nw = cfg
             _mamba_in_kernel[_grid_n(N, bn)](x, norm_w, eps, W, cs, conv_w, conv_b, dt_bias, xo, go, do, N, C=C,
-                                             G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw)
+                                             G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw,
+                                             **self._kw)
 
         scratch = None
         if self._needs("mamba_in", N, K):
@@ -403,7 +448,7 @@ class TritonOps:
         nh, p, n = state.shape
         block_p = 8 if p % 8 == 0 else p
         _ssm_step_kernel[(nh, p // block_p)](xbc, dt, A_log, state, y_out, N_REP=nh // nkv, NKV=nkv, P=p, NS=n,
-                                            BLOCK_P=block_p, num_warps=4)
+                                            BLOCK_P=block_p, num_warps=4, **self._kw)
 
     def gated_gemv_residual(self, y, g, gate_w, eps, W, x) -> None:
         N, K = W.shape
@@ -412,7 +457,7 @@ class TritonOps:
         def launch(cfg, xo):
             bn, bk, nw = cfg
             _gated_gemv_residual_kernel[_grid_n(N, bn)](y, g, gate_w, eps, W, xo, N, K=K, HD=hd, BLOCK_N=bn,
-                                                        BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw)
+                                                        BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw, **self._kw)
 
         scratch = x.clone() if self._needs("gated_oproj", N, K) else None
         cfg = self.tuner.get("gated_oproj", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None,
@@ -427,7 +472,7 @@ class TritonOps:
         def launch(cfg, ho):
             bn, bk, nw = cfg
             _swiglu_kernel[_grid_n(N, bn)](x, norm_w, eps, W1, W3, ho, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
-                                           EVEN_N=N % bn == 0, num_warps=nw)
+                                           EVEN_N=N % bn == 0, num_warps=nw, **self._kw)
 
         scratch = torch.empty_like(h_out) if self._needs("swiglu", N, K) else None
         cfg = self.tuner.get("swiglu", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None)
@@ -439,7 +484,7 @@ class TritonOps:
         def launch(cfg, xo):
             bn, bk, nw = cfg
             _gemv_residual_kernel[_grid_n(N, bn)](v, W, xo, N, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0,
-                                                  num_warps=nw)
+                                                  num_warps=nw, **self._kw)
 
         scratch = x.clone() if self._needs("gemv_residual", N, K) else None
         cfg = self.tuner.get("gemv_residual", N, K,
@@ -452,7 +497,7 @@ class TritonOps:
         def launch(cfg, o):
             bn, bk, nw = cfg
             _norm_gemv_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
-                                              EVEN_N=N % bn == 0, num_warps=nw)
+                                              EVEN_N=N % bn == 0, num_warps=nw, **self._kw)
 
         scratch = torch.empty_like(out) if self._needs("norm_gemv", N, K) else None
         cfg = self.tuner.get("norm_gemv", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None)
@@ -466,7 +511,7 @@ class TritonOps:
             bn, bk, nw = cfg
             grid = (N // hd * (hd // 2 // bn),)
             _qkv_rope_kernel[grid](x, norm_w, eps, W, cos_t, sin_t, pos, kc, vc, qo, T, K=K, HD=hd, N_REP=n_rep,
-                                   BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
+                                   BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, **self._kw)
 
         scratch = None
         if self._needs("qkv_rope", N, K):
@@ -482,8 +527,9 @@ class TritonOps:
         nh = q.numel() // hd
         _attn_split_kernel[(nkv, plan.n_splits)](q, k_cache, v_cache, pos, plan.m, plan.l, plan.o, T, plan.n_splits,
                                                  LOG2E / math.sqrt(hd), N_REP=nh // nkv, HD=hd, SPLIT=plan.split,
-                                                 BLOCK_T=plan.block_t, num_warps=4)
-        _attn_combine_kernel[(nh,)](plan.m, plan.l, plan.o, out, plan.n_splits, HD=hd, BLOCK_S=32, num_warps=4)
+                                                 BLOCK_T=plan.block_t, num_warps=4, **self._kw)
+        _attn_combine_kernel[(nh,)](plan.m, plan.l, plan.o, out, plan.n_splits, HD=hd, BLOCK_S=32, num_warps=4,
+                                    **self._kw)
 
 
 class AttnPlan:
