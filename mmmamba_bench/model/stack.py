@@ -160,8 +160,12 @@ class MMMambaChatModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: InferenceCache | None = None,
-                last_logits_only: bool = False, output_hidden_states: bool = False) -> ModelOutput:
+                last_logits_only: bool = False, output_hidden_states: bool = False,
+                inputs_embeds: torch.Tensor | None = None) -> ModelOutput:
         """Logits for ``input_ids`` [B, L] (image tiles replace the image-context tokens, in order).
+
+        inputs_embeds: [B, L, H], the output of :meth:`embed` for these ids (and pixels), computed beforehand;
+        ``pixel_values`` is then ignored (used by the CUDA-graph prefill, which embeds outside the graph).
 
         attention_mask: [B, L] with 1 for real tokens and 0 for LEFT padding (None: no padding).
         cache: continue from / write into this decoding state (see :meth:`allocate_cache`).
@@ -177,7 +181,13 @@ class MMMambaChatModel(nn.Module):
                 raise InputError(f"{start + L} tokens exceed the cache's max_len {cache.max_len}")
         key_mask, has_padding = self._key_mask(attention_mask, cache, B, L, start)
 
-        x = self.embed(input_ids, pixel_values).to(self.dtype)
+        if inputs_embeds is not None:
+            if inputs_embeds.shape[:2] != (B, L):
+                raise InputError(f"inputs_embeds must be [B, L, H] with (B, L) = {(B, L)}, "
+                                 f"got {tuple(inputs_embeds.shape)}")
+            x = inputs_embeds.to(self.dtype)
+        else:
+            x = self.embed(input_ids, pixel_values).to(self.dtype)
         hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
         layer_caches = cache.layers if cache is not None else [None] * len(self.layers)
         n_emb = self.num_embedding_layers
