@@ -211,6 +211,8 @@ def _add_speed(sub) -> None:
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--impl", default="auto", choices=("auto", "triton", "torch"))
     p.add_argument("--no-graph", action="store_true")
+    p.add_argument("--eager-prefill", action="store_true",
+                   help="time the eager prefill (default on CUDA: the prompt's layers as one captured CUDA graph)")
     p.add_argument("--no-tune", action="store_true")
     p.add_argument("--ssd-backend", default="auto")
     p.set_defaults(func=_cmd_speed)
@@ -225,7 +227,7 @@ def _cmd_speed(args) -> int:
     rows = pc.run_speed([m.strip() for m in args.models.split(",") if m.strip()], args.out,
                         pc.resolve_device(args.device), DTYPES[args.dtype], output_tokens=args.output_tokens,
                         repeats=args.repeats, impl=args.impl, graph=not args.no_graph, tune=not args.no_tune,
-                        ssd_backend=args.ssd_backend)
+                        ssd_backend=args.ssd_backend, prefill_graph=not args.eager_prefill)
     for r in rows:
         print(f"{r.model}: {r.tokens_per_s:.1f} tokens/s, total {r.total_s:.3f} s (prefill {r.prefill_s:.3f} s)")
     print(f"wrote {args.out}")

@@ -115,7 +115,7 @@ def run_profile(models: list[str], contexts: list[int], baselines: list[str], ou
 
 def run_speed(models: list[str], out: Path, device: torch.device, dtype: torch.dtype, output_tokens: int = 256,
               repeats: int = 3, impl: str = "auto", graph: bool = True, tune: bool = True,
-              ssd_backend: str = "auto") -> list[SpeedRow]:
+              ssd_backend: str = "auto", prefill_graph: bool = True) -> list[SpeedRow]:
     tuner = _tuner(device, dtype, impl, tune)
     rows: list[SpeedRow] = []
     meta = _meta(device, dtype, None, None, {"command": "speed", "output_tokens": output_tokens,
@@ -123,7 +123,8 @@ def run_speed(models: list[str], out: Path, device: torch.device, dtype: torch.d
                                              "'Describe the image specifically', chat template"})
     for spec in models:
         model = build_model(spec, device, dtype, ssd_backend=ssd_backend)
-        rows.append(speed_run(model, model_label(spec), output_tokens, repeats, impl, graph, tuner))
+        rows.append(speed_run(model, model_label(spec), output_tokens, repeats, impl, graph, tuner,
+                              prefill_graph=prefill_graph))
         log.info("%s: %.1f tokens/s (total %.3f s, prefill %.3f s)", rows[-1].model, rows[-1].tokens_per_s,
                  rows[-1].total_s, rows[-1].prefill_s)
         write_rows(out, SPEED_SCHEMA, rows, meta)

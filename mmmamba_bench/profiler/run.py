@@ -158,12 +158,24 @@ def _peer(llama, context: int, s: ProfileSettings, meter: MemoryMeter) -> _Timin
     prefill_s = time.perf_counter() - t0
     peak_prefill = meter.peak()
     meter.reset()
+    len0 = dec.cache.get_seq_length()
     for _ in range(s.warmup + 1):
         dec.step()
     step_ms = _time_steps(device, dec.step, s.steps)
+    # the same steps timed on the host with a sync around each (a check on the event timing)
+    host_ms = []
+    for _ in range(min(20, s.steps)):
+        synchronize(device)
+        t0 = time.perf_counter()
+        dec.step()
+        synchronize(device)
+        host_ms.append(1e3 * (time.perf_counter() - t0))
     path = {"framework": f"transformers {version()}", "model": "LlamaForCausalLM", "attention": "sdpa",
-            "cache": "DynamicCache", "graph": "none", "decode": "one model() call per token"}
-    out = _Timing(prefill_s, step_ms, peak_prefill, meter.peak(), nvml_used_bytes(device), path)
+            "cache": type(dec.cache).__name__, "cache_layer": type(dec.cache.layers[0]).__name__, "graph": "none",
+            "decode": "one model() call per token", "compile": "none"}
+    extra = {"host_sync_ms_median": statistics.median(host_ms), "cache_len_after_prefill": len0,
+             "cache_len_end": dec.cache.get_seq_length(), "k_shape_end": list(dec.cache.layers[0].keys.shape)}
+    out = _Timing(prefill_s, step_ms, peak_prefill, meter.peak(), nvml_used_bytes(device), path, extra)
     del dec
     return out
 
@@ -251,21 +263,37 @@ def table2_prompt(model, n_tiles: int = 3, seed: int = 0) -> tuple[torch.Tensor,
 
 
 def speed_run(model, label: str, output_tokens: int = 256, repeats: int = 3, impl: str = "auto", graph: bool = True,
-              tuner=None, n_tiles: int = 3) -> SpeedRow:
+              tuner=None, n_tiles: int = 3, prefill_graph: bool = True) -> SpeedRow:
     """Table-2 recipe: prefill the image prompt, then force ``output_tokens`` greedy tokens (no EOS stop);
     total = prefill + decode. A first untimed run compiles, tunes and captures; the median of ``repeats`` runs
-    is reported (all totals in ``extra``)."""
+    is reported (all totals in ``extra``).
+
+    With ``prefill_graph`` (CUDA), the prompt's decoder layers run as one CUDA graph captured for the prompt's
+    shape (:class:`~mmmamba_bench.fast.prefill.PrefillGraph`; captured in the untimed run, the embedding stays
+    eager); the eager prefill of the same prompt is timed too (``extra["prefill_eager_s"]``)."""
     device = model.device
     ids, pixels = table2_prompt(model, n_tiles)
     cache = model.allocate_cache(1, ids.shape[1] + output_tokens + 1)
+    use_pg = prefill_graph and graph and device.type == "cuda"
+    pg = None
+    if use_pg:
+        from mmmamba_bench.fast.prefill import PrefillGraph
+
+        pg = PrefillGraph(model, cache)
     dec = None
     runs = []
-    capture_s = None
+    capture_s = prefill_capture_s = None
     for r in range(repeats + 1):
         cache.reset()
+        if r == 0 and pg is not None:  # capture (untimed), then start again from an empty cache
+            c0 = time.perf_counter()
+            pg(ids, pixels)
+            synchronize(device)
+            prefill_capture_s = time.perf_counter() - c0
+            cache.reset()
         synchronize(device)
         t0 = time.perf_counter()
-        logits = prefill(model, cache, ids, pixel_values=pixels)
+        logits = pg(ids, pixels) if pg is not None else prefill(model, cache, ids, pixel_values=pixels)
         if dec is None:
             dec = FastDecoder(model, cache, impl=impl, tuner=tuner)
         dec.start(logits.argmax(-1))
@@ -284,12 +312,25 @@ def speed_run(model, label: str, output_tokens: int = 256, repeats: int = 3, imp
             runs.append((t1 - t0, t2 - t1))
     prefill_s, decode_s = sorted(runs, key=lambda x: x[0] + x[1])[len(runs) // 2]
     total = prefill_s + decode_s
+    eager = []
+    if pg is not None:  # the eager prefill of the same prompt, for comparison (already compiled)
+        for _ in range(max(repeats, 1)):
+            cache.reset()
+            synchronize(device)
+            t0 = time.perf_counter()
+            prefill(model, cache, ids, pixel_values=pixels)
+            synchronize(device)
+            eager.append(time.perf_counter() - t0)
     dec.record_path()
-    path = {**model.code_path.as_dict(), **dec.path()}
+    path = {**model.code_path.as_dict(), **dec.path(),
+            "prefill": "cuda-graph (embedding eager)" if pg is not None else "eager"}
     emb = model.config.embedding_config
+    extra = {"totals_s": [a + b for a, b in runs], "capture_s": capture_s, "repeats": repeats, "eos_stop": False}
+    if pg is not None:
+        extra.update({"prefill_capture_s": prefill_capture_s, "prefill_eager_s": sorted(eager)[len(eager) // 2],
+                      "prefill_eager_all_s": eager,
+                      "tokens_per_s_eager_prefill": output_tokens / (sorted(eager)[len(eager) // 2] + decode_s)})
     return SpeedRow(model=label, kind=model.config.kind, device=device_name(device),
                     dtype=str(model.dtype).replace("torch.", ""), path=path, visual_tokens=n_tiles * emb.tokens_per_tile,
                     prompt_tokens=int(ids.shape[1]), output_tokens=output_tokens, prefill_s=prefill_s,
-                    decode_s=decode_s, total_s=total, tokens_per_s=output_tokens / total,
-                    extra={"totals_s": [a + b for a, b in runs], "capture_s": capture_s, "repeats": repeats,
-                           "eos_stop": False})
+                    decode_s=decode_s, total_s=total, tokens_per_s=output_tokens / total, extra=extra)
