@@ -105,3 +105,58 @@ def test_greedy_graph_loop_advances_on_device():
     assert int(dec.pos) == 60 and c1.length == 60
     # the graph fed its own argmax forward: the token waiting for the next step is the last logits' argmax
     assert int(dec.tok) == int(dec.logits.argmax())
+
+
+@pytest.mark.parametrize("kind", ["linear", "hybrid"])
+def test_pdl_step_matches_serial_step(kind):
+    """Programmatic dependent launch (each kernel prefetches weights before waiting for the previous one) must not
+    change a single bit: a race would (captured steps, 48 of them, against the same kernels launched serially)."""
+    from mmmamba_bench.fast.decoder import FastDecoder
+    from mmmamba_bench.fast.triton_ops import GemvTuner, pdl_supported
+
+    if not pdl_supported():
+        pytest.skip("programmatic dependent launch needs sm_90+")
+    model = _model(kind, seed=1)
+    V = model.config.llm_config.vocab_size
+    prompt = torch.randint(0, V, (1, 200), device="cuda")
+    caches = [model.allocate_cache(1, 260) for _ in range(2)]
+    first = [prefill(model, c, prompt) for c in caches]
+    tuner = GemvTuner(tune=False)
+    decs = [FastDecoder(model, c, impl="triton", tuner=tuner, pdl=p) for c, p in zip(caches, (True, False))]
+    for d in decs:
+        d.start(first[0].argmax(-1))
+        d.step()
+        d.capture()
+    assert decs[0].path()["pdl"] == "on" and decs[1].path()["pdl"] == "off"
+    for t in range(48):
+        a, b = decs[0].step().clone(), decs[1].step().clone()
+        assert torch.equal(a, b), f"step {t}: PDL and serial launches differ"
+    for ca, cb in zip(caches[0].layers, caches[1].layers):
+        for ta, tb in zip(vars(ca).values(), vars(cb).values()):
+            assert torch.equal(ta, tb)
+
+
+def test_prefill_graph_matches_eager_prefill():
+    """The captured prefill (PrefillGraph) gives the eager prefill's logits and cache bit for bit, for two different
+    prompts of the captured length, and decoding continues from it."""
+    from mmmamba_bench.fast.prefill import PrefillGraph
+
+    model = _model("hybrid", seed=2)
+    V = model.config.llm_config.vocab_size
+    c_graph, c_eager = model.allocate_cache(1, 140), model.allocate_cache(1, 140)
+    pg = PrefillGraph(model, c_graph)
+    for trial in range(2):
+        prompt = torch.randint(0, V, (1, 120), device="cuda")
+        c_graph.reset()
+        c_eager.reset()
+        lg = pg(prompt).clone()
+        le = prefill(model, c_eager, prompt)
+        assert torch.equal(lg, le), f"prompt {trial}: logits differ"
+        assert c_graph.length == c_eager.length == 120
+        for ca, cb in zip(c_graph.layers, c_eager.layers):
+            for ta, tb in zip(vars(ca).values(), vars(cb).values()):
+                assert torch.equal(ta, tb), f"prompt {trial}: cache differs"
+    assert pg.captures == 1
+    with torch.no_grad():
+        nxt = lg.argmax(-1).view(1, 1)
+        assert torch.equal(model(nxt, cache=c_graph).logits, model(nxt, cache=c_eager).logits)
