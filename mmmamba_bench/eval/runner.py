@@ -19,10 +19,14 @@ from mmmamba_bench.results import write_json_atomic
 log = logging.getLogger(__name__)
 
 
-def _offline_env() -> None:
-    # Real benchmark data comes from local copies (see tasks/README.md); never reach for the hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+def _offline_env(data_dir: str | Path | None) -> None:
+    """Point datasets / lmms-eval at the local copies of the real benchmarks (tasks/README.md); never the hub.
+
+    Must run before ``datasets`` or ``lmms_eval`` is imported: both read these variables at import time.
+    """
+    from mmmamba_bench.data import real
+
+    os.environ.update(real.offline_env(Path(data_dir) if data_dir is not None else real.default_data_dir()))
 
 
 def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | None = None,
@@ -33,7 +37,7 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
     from mmmamba_bench.cards import resolve_model
     from mmmamba_bench.eval.tasks import check_tasks, include_paths, resolve_tasks
 
-    _offline_env()
+    _offline_env(data_dir)
     path = resolve_model(model)
     label = label or path.name
     task_names = resolve_tasks(tasks)

@@ -80,6 +80,7 @@ class TeacherModelConfig:
     max_position_embeddings: int = 2048
     rope_theta: float = 10_000.0
     init_std: float = 0.02
+    normalize_encoder_output: bool = True  # HoVLE's per-token L2 norm between the embedding module and the LM
 
 
 @dataclass(kw_only=True)

@@ -47,7 +47,7 @@ def teacher_config(recipe: TeacherRecipe, vocab_size: int) -> ChatConfig:
     m = recipe.model
     return make_config(hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads, emb_layers=m.emb_layers,
                        llm_layers=m.llm_layers, intermediate=m.intermediate, vocab=vocab_size,
-                       image_size=m.image_size, patch_size=m.patch_size, normalize_encoder_output=True,
+                       image_size=m.image_size, patch_size=m.patch_size, normalize_encoder_output=m.normalize_encoder_output,
                        max_position_embeddings=m.max_position_embeddings, rope_theta=m.rope_theta,
                        model_type="hovle")
 
