@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 PROFILE_SCHEMA = "mmmamba-bench/profile/v1"
 SPEED_SCHEMA = "mmmamba-bench/speed/v1"
@@ -80,10 +81,9 @@ def row_from_dict(cls, data: dict[str, Any]):
         raise ValueError(f"{cls.__name__}: {exc}") from exc
 
 
-def write_json_atomic(path: str | os.PathLike, payload: Any, default=None) -> Path:
-    """Write JSON to ``path`` through a temporary file in the same folder and an atomic rename.
-
-    default: a fallback serialiser for objects JSON does not know (after dataclasses and paths).
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it is renamed over ``path`` (readable, 0644).
 
     A reader never sees a half-written file, and an interrupted write leaves the previous file intact.
     """
@@ -91,9 +91,8 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, default=None) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=_make_default(default))
-            f.write("\n")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
@@ -102,7 +101,17 @@ def write_json_atomic(path: str | os.PathLike, payload: Any, default=None) -> Pa
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def write_json_atomic(path: str | os.PathLike, payload: Any, default=None) -> Path:
+    """Write JSON to ``path`` atomically (see :func:`atomic_write`).
+
+    default: a fallback serialiser for objects JSON does not know (after dataclasses and paths).
+    """
+    with atomic_write(path) as f:
+        json.dump(payload, f, indent=2, sort_keys=False, default=_make_default(default))
+        f.write("\n")
+    return Path(path)
 
 
 def _make_default(fallback):

@@ -1,7 +1,6 @@
 """Checkpoint I/O: round trips in the released layout and clear errors on bad input."""
 
 import json
-import shutil
 
 import pytest
 import torch

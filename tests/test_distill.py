@@ -16,7 +16,7 @@ from mmmamba_bench.train.loop import train
 from mmmamba_bench.train.recipe import StageConfig
 from mmmamba_bench.train.state import TrainCheckpoint
 from tests.helpers import KIND_LAYOUTS, image_prompt, random_model
-from tests.test_train import TINY_TASKS, tiny_data, tiny_teacher  # noqa: F401  (session fixtures)
+from tests.tiny_suite import TINY_TASKS
 
 STAGE = {"steps": 3, "batch_size": 4, "lr": 1e-2, "warmup_frac": 0.0, "decay_frac": 0.0}
 TINY_DISTILL = {"seed": 0, "layout": "hybrid", "data": {"tasks": TINY_TASKS},

@@ -4,11 +4,9 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from mmmamba_bench.checkpoint import load_model, read_state_dict, save_model
 from mmmamba_bench.cli import main as cli_main
-from mmmamba_bench.config import ConfigError
 from mmmamba_bench.layouts import LayoutError, parse_layout
 from mmmamba_bench.seeding import convert, layer_prefixes
 from tests.helpers import random_model

@@ -154,11 +154,11 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
     def _generate_batch(self, encs, s: GenSettings) -> list[str]:
         batch = self.processor.collate(encs).to(self._device)
         L = batch.input_ids.shape[1]
-        stop = None
-        if s.until:
-            def stop(new_tokens: torch.Tensor) -> torch.Tensor:
-                texts = [self.processor.decode(row) for row in new_tokens]
-                return torch.tensor([any(u in t for u in s.until if u) for t in texts], device=new_tokens.device)
+        def hit_stop_string(new_tokens: torch.Tensor) -> torch.Tensor:
+            texts = [self.processor.decode(row) for row in new_tokens]
+            return torch.tensor([any(u in t for u in s.until if u) for t in texts], device=new_tokens.device)
+
+        stop = hit_stop_string if s.until else None
         out = self.model.generate(input_ids=batch.input_ids, pixel_values=batch.pixel_values,
                                   attention_mask=batch.attention_mask, max_new_tokens=s.max_new_tokens,
                                   do_sample=s.do_sample, temperature=s.temperature, top_p=s.top_p,

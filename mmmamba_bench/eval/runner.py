@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from mmmamba_bench.results import write_json_atomic
+from mmmamba_bench.results import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +69,6 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
 
 
 def _write_jsonl_atomic(path: Path, rows: list) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, default=str) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import torch
 
-from mmmamba_bench.profiler import floor as fl
 from mmmamba_bench.profiler.memory import (apply_memory_cap, device_name, free_memory, is_oom,
                                            measure_copy_bandwidth, nvml_used_bytes)
-from mmmamba_bench.profiler.models import DTYPES, build_model, model_label
+from mmmamba_bench.profiler.models import build_model, model_label
 from mmmamba_bench.profiler.run import BASELINES, ProfileSettings, profile_context, profile_peer, speed_run
 from mmmamba_bench.results import PROFILE_SCHEMA, SPEED_SCHEMA, ProfileRow, SpeedRow, write_rows
 

@@ -136,7 +136,7 @@ def _paper(model, context: int, s: ProfileSettings, meter: MemoryMeter) -> _Timi
     step_ms = _time_steps(device, step, s.steps)
     peak_decode = meter.peak()
     nvml = nvml_used_bytes(device)
-    path = {"ssd_scan": model.code_path.ssd_scan, "ssd_step": model.code_path.ssd_scan if model.config.kind != "transformer"
+    path = {"ssd_scan": model.code_path.ssd_scan, "ssd_step": model.code_path.ssd_step if model.config.kind != "transformer"
             else "-", "attention": "sdpa", "gemv": "torch (nn.Linear)", "decode": "hf-style-eager",
             "cache": "concat (DynamicCache-like)", "graph": "none", "prefill": "one-shot"}
     del dec

@@ -7,13 +7,11 @@ Figures are built on an explicit Agg canvas (no pyplot, no global backend switch
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..results import ProfileRow
+from ..results import ProfileRow, atomic_write
 from .profile import GIB, context_label, device_caption, group_series, mixed_devices, peak_bytes
 
 if TYPE_CHECKING:
@@ -154,17 +152,7 @@ def plot_memory(rows: Sequence[ProfileRow]) -> Figure:
 
 
 def save_png(fig: Figure, path: Path) -> Path:
-    """Save ``fig`` as PNG through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Save ``fig`` as PNG atomically (a temporary file renamed into place)."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png")
+    return Path(path)

@@ -6,12 +6,10 @@ half-updated report; every file is written to a temporary name and renamed into 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..results import ProfileRow, SpeedRow
+from ..results import ProfileRow, SpeedRow, atomic_write
 from .figures import plot_latency, plot_memory, save_png
 from .paper import PaperNumbers, load_paper
 from .profile import (
@@ -42,20 +40,10 @@ MEMORY_PNG = "peak_memory.png"
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` atomically (a temporary file renamed into place)."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)
 
 
 def _skipped(what: str) -> str:

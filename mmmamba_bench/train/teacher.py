@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mmmamba_bench.config import ChatConfig, make_config
 from mmmamba_bench.model.stack import MMMambaChatModel
