@@ -119,7 +119,7 @@ def _add_train_teacher(sub) -> None:
 
 
 def _cmd_train_teacher(args) -> int:
-    from mmmamba_bench.train import train_teacher
+    from mmmamba_bench.train.teacher import train_teacher
 
     out = train_teacher(args.recipe, args.data, args.out, progress=not args.no_progress)
     print(f"wrote {out}")
@@ -141,7 +141,7 @@ def _add_distill(sub) -> None:
 
 
 def _cmd_distill(args) -> int:
-    from mmmamba_bench.train import distill
+    from mmmamba_bench.train.distill import distill
 
     out = distill(args.recipe, args.teacher, args.out, stages=args.stages, data_dir=args.data,
                   allow_skip=args.allow_stage_skip, device=args.device, progress=not args.no_progress)

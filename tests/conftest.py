@@ -16,7 +16,7 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tiny_data, tmp_path_factory):
-    from mmmamba_bench.train import train_teacher
+    from mmmamba_bench.train.teacher import train_teacher
 
     out = tmp_path_factory.mktemp("teacher") / "teacher"
     return train_teacher(TINY_TEACHER, tiny_data, out, progress=False)

@@ -39,3 +39,18 @@ def test_convert_without_teacher_config_is_a_clear_error(tmp_path, capsys):
         main(["convert"])  # required arguments missing: argparse exits
     assert main(["convert", "--teacher", str(tmp_path), "--out", str(tmp_path / "o"), "--layout", "x"]) == 2
     assert "config.json not found" in capsys.readouterr().err
+
+
+def test_two_distillations_in_one_process(tmp_path, tiny_data, tiny_teacher):
+    """The demo runs `distill` twice in one process; the second call once found a module, not the function."""
+    import yaml
+
+    from tests.test_distill import TINY_DISTILL
+
+    for layout in ("linear", "hybrid"):
+        recipe = tmp_path / f"{layout}.yaml"
+        recipe.write_text(yaml.safe_dump({**TINY_DISTILL, "layout": layout}))
+        out = tmp_path / layout
+        assert main(["distill", "--recipe", str(recipe), "--teacher", str(tiny_teacher), "--data", str(tiny_data),
+                     "--out", str(out), "--no-progress"]) == 0
+        assert (out / "config.json").is_file()

@@ -99,7 +99,7 @@ def test_train_teacher_writes_a_loadable_teacher(tiny_teacher, tiny_data):
 
     from mmmamba_bench.checkpoint import load_model
     from mmmamba_bench.processor import Processor
-    from mmmamba_bench.train import train_teacher
+    from mmmamba_bench.train.teacher import train_teacher
 
     model = load_model(tiny_teacher, ssd_backend="torch")
     assert model.config.kind == "transformer"
