@@ -5,6 +5,7 @@
 #   profile : the full profile (all models, all contexts, both baselines, the transformers peer at 103K)
 #   cap     : the 24 GiB memory-cap run at 103K/128K, and the Table-2 speed run
 #   final   : profile + the Table-2 speed run + the GPU tests (fused kernels, captured decode, PDL, captured prefill)
+#   hovle   : the HoVLE profile (optimised, paper baseline, transformers peer) + the 24 GiB cap runs + GPU decode tests
 #   probe   : scripts/perf_probe.py (PDL A/B, GEMV configs, Table-2 prefill breakdown, peer variants) + GPU tests
 set -uo pipefail
 stage=${1:?stage}
@@ -22,6 +23,15 @@ case $stage in
     bash "$0" profile 2>&1 | tee "$OUT/run.log"
     python3 -m mmmamba_bench.cli speed --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --out "$OUT/speed.json" 2>&1 | tee -a "$OUT/run.log" | tail -6
     python3 -m pytest -q -s -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -k "not ssd_backend" 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
+    ;;
+  hovle)
+    python3 -m mmmamba_bench.cli profile --models hovle-2.6b --contexts "${CONTEXTS:-1k,2k,4k,8k,16k,32k,64k,103k,128k}" \
+      --baseline optimized,paper --hf-peer "${PEER:-1k,103k}" --out "$OUT/profile_hovle.json" 2>&1 | tail -25 | tee "$OUT/run.log"
+    python3 -m mmmamba_bench.cli profile --models mmmamba-linear,mmmamba-hybrid --contexts 103k,128k \
+      --baseline optimized --memory-cap 24GiB --out "$OUT/profile_cap24_mamba.json" 2>&1 | tail -8 | tee -a "$OUT/run.log"
+    python3 -m mmmamba_bench.cli profile --models hovle-2.6b --contexts 103k,128k \
+      --baseline optimized,paper --memory-cap 24GiB --out "$OUT/profile_cap24_hovle.json" 2>&1 | tail -8 | tee -a "$OUT/run.log"
+    python3 -m pytest -q -s -m gpu tests/test_fast_decode_gpu.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -8
     ;;
   probe)
     python3 scripts/perf_probe.py ${PARTS:-decode prefill speed peer} 2>&1 | tee "$OUT/probe.log" | grep -v "^\s*$"

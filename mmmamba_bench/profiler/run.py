@@ -51,9 +51,23 @@ class _Timing:
     extra: dict = field(default_factory=dict)
 
 
-def _time_steps(device: torch.device, step: Callable[[], object], n: int) -> list[float]:
-    """Milliseconds of each of ``n`` calls of ``step`` (device events around each on CUDA)."""
+def _time_steps(device: torch.device, step: Callable[[], object], n: int, host_sync: bool = False) -> list[float]:
+    """Milliseconds of each of ``n`` calls of ``step``.
+
+    Graph-replayed steps (GPU-bound) are timed with device events around each call. Eager, launch-bound steps
+    (``host_sync=True``: the paper-style baseline and the transformers peer) are timed on the host with a device
+    sync after each step: the next token is only usable once it is on the host (``generate`` checks its stopping
+    criteria there every step), and event pairs without a sync can leave host work between steps uncounted.
+    """
     out = []
+    if host_sync:
+        for _ in range(n):
+            synchronize(device)
+            t0 = time.perf_counter()
+            step()
+            synchronize(device)
+            out.append(1e3 * (time.perf_counter() - t0))
+        return out
     if device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
         for a, b in events:
@@ -133,14 +147,16 @@ def _paper(model, context: int, s: ProfileSettings, meter: MemoryMeter) -> _Timi
 
     for _ in range(s.warmup + 1):
         step()
-    step_ms = _time_steps(device, step, s.steps)
+    step_ms = _time_steps(device, step, s.steps, host_sync=True)
+    event_ms = _time_steps(device, step, min(20, s.steps))  # cross-check only
     peak_decode = meter.peak()
     nvml = nvml_used_bytes(device)
     path = {"ssd_scan": model.code_path.ssd_scan, "ssd_step": model.code_path.ssd_step if model.config.kind != "transformer"
             else "-", "attention": "sdpa", "gemv": "torch (nn.Linear)", "decode": "hf-style-eager",
-            "cache": "concat (DynamicCache-like)", "graph": "none", "prefill": "one-shot"}
+            "cache": "concat (DynamicCache-like)", "graph": "none", "prefill": "one-shot", "timing": "host-synced"}
     del dec
-    return _Timing(prefill_s, step_ms, peak_prefill, peak_decode, nvml, path)
+    return _Timing(prefill_s, step_ms, peak_prefill, peak_decode, nvml, path,
+                   {"event_ms_median": statistics.median(event_ms)})
 
 
 def _peer(llama, context: int, s: ProfileSettings, meter: MemoryMeter) -> _Timing:
@@ -161,19 +177,12 @@ def _peer(llama, context: int, s: ProfileSettings, meter: MemoryMeter) -> _Timin
     len0 = dec.cache.get_seq_length()
     for _ in range(s.warmup + 1):
         dec.step()
-    step_ms = _time_steps(device, dec.step, s.steps)
-    # the same steps timed on the host with a sync around each (a check on the event timing)
-    host_ms = []
-    for _ in range(min(20, s.steps)):
-        synchronize(device)
-        t0 = time.perf_counter()
-        dec.step()
-        synchronize(device)
-        host_ms.append(1e3 * (time.perf_counter() - t0))
+    step_ms = _time_steps(device, dec.step, s.steps, host_sync=True)
+    event_ms = _time_steps(device, dec.step, min(20, s.steps))  # cross-check only
     path = {"framework": f"transformers {version()}", "model": "LlamaForCausalLM", "attention": "sdpa",
             "cache": type(dec.cache).__name__, "cache_layer": type(dec.cache.layers[0]).__name__, "graph": "none",
-            "decode": "one model() call per token", "compile": "none"}
-    extra = {"host_sync_ms_median": statistics.median(host_ms), "cache_len_after_prefill": len0,
+            "decode": "one model() call per token", "compile": "none", "timing": "host-synced"}
+    extra = {"event_ms_median": statistics.median(event_ms), "cache_len_after_prefill": len0,
              "cache_len_end": dec.cache.get_seq_length(), "k_shape_end": list(dec.cache.layers[0].keys.shape)}
     out = _Timing(prefill_s, step_ms, peak_prefill, meter.peak(), nvml_used_bytes(device), path, extra)
     del dec
