@@ -50,7 +50,8 @@ def plan(out: Path, data_dir: Path) -> list[Step]:
                                            str(results), "--label", name, "--device", "cpu", "--dtype", "float32",
                                            "--batch-size", "32"], results / name))
     steps.append(Step("profile", ["profile", "--models", ",".join(str(m[n]) for n in ("teacher", "linear", "hybrid")),
-                                  "--contexts", "128,256,512,1024", "--device", "cpu", "--steps", "20",
+                                  "--contexts", "128,256,512,1024", "--device", "cpu", "--dtype", "float32",
+                                  "--steps", "20",
                                   "--out", str(out / "profile.json")], out / "profile.json"))
     steps.append(Step("report", ["report", "--results", str(results), "--profile", str(out / "profile.json"),
                                  "--out", str(out / "report"), "--title", "mmmamba-bench demo (offline mini-suite)"],
