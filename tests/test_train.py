@@ -112,3 +112,89 @@ def test_train_teacher_writes_a_loadable_teacher(tiny_teacher, tiny_data):
     assert train_teacher(TINY_TEACHER, tiny_data, tiny_teacher, progress=False) == tiny_teacher  # finished: reused
     with pytest.raises(FileExistsError, match="another recipe"):
         train_teacher({**TINY_TEACHER, "seed": 1}, tiny_data, tiny_teacher, progress=False)
+
+
+# ---- teacher losses, augmentation, execution-independent hashes -----------------------------------------------
+
+def test_text_targets_cover_prompt_text_only():
+    from mmmamba_bench.processor import IGNORE, Batch
+    from mmmamba_bench.train.teacher import text_targets
+
+    V = 10  # ids >= V are special (image) tokens
+    ids = torch.tensor([[0, 0, 5, 11, 11, 6, 7, 8, 2],   # 2 pads, text 5, image 11 11, text 6 7, answer 8, eos 2
+                        [4, 5, 11, 6, 3, 7, 9, 8, 2]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 9])
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, 6], labels[:, 7] = ids[:, 7], ids[:, 8]  # the answer loss: predict 8 then eos from positions 6, 7
+    got = text_targets(Batch(ids, mask, None, labels), V)
+    I = IGNORE  # noqa: E741
+    # row 0: positions 0-1 are padding (no target even where the next token is text), 2-3 precede image tokens,
+    # 6-7 are the answer's (its own loss), 8 is last
+    assert got[0].tolist() == [I, I, I, I, 6, 7, I, I, I]
+    assert got[1].tolist() == [5, I, 6, 3, 7, 9, I, I, I]
+
+
+def test_teacher_loss_adds_the_weighted_text_term(tiny_teacher, tiny_data):
+    import torch.nn.functional as F
+
+    from mmmamba_bench.checkpoint import load_model
+    from mmmamba_bench.processor import IGNORE, Processor
+    from mmmamba_bench.train.data import load_encoded
+    from mmmamba_bench.train.teacher import answer_loss
+
+    model = load_model(tiny_teacher, ssd_backend="torch", dtype=torch.float64)
+    proc = Processor.from_pretrained(tiny_teacher, max_tiles=1)
+    items, _ = load_encoded(proc, tiny_data, "train", TINY_TASKS)
+    batch = proc.collate(items[:4])
+    torch.set_grad_enabled(False)
+    logits = model(batch.input_ids, batch.pixel_values, attention_mask=batch.attention_mask).logits
+    # independent count: every real text token after a real position, outside the answer
+    terms = []
+    for b in range(4):
+        for t in range(batch.input_ids.shape[1] - 1):
+            nxt = int(batch.input_ids[b, t + 1])
+            if (batch.attention_mask[b, t] and batch.attention_mask[b, t + 1] and nxt < logits.shape[-1]
+                    and batch.labels[b, t] == IGNORE):
+                terms.append(-torch.log_softmax(logits[b, t], -1)[nxt])
+    assert len(terms) > 10
+    text = torch.stack(terms).mean()
+    ans = F.cross_entropy(logits.flatten(0, 1), batch.labels.flatten(), ignore_index=IGNORE)
+    rel = 1e-6  # answer_loss takes the cross-entropy in float32 (as for bf16 models); the reference is float64
+    try:
+        assert float(answer_loss(model, batch)) == pytest.approx(float(ans), rel=rel)
+        assert float(answer_loss(model, batch, 0.5)) == pytest.approx(float(ans + 0.5 * text), rel=rel)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def test_augment_off_is_identity_and_on_keeps_left_right():
+    from mmmamba_bench.processor import Batch
+    from mmmamba_bench.train.recipe import AugmentConfig
+    from mmmamba_bench.train.teacher import augment_tiles, augmented
+
+    x = torch.zeros(8, 3, 64, 64)
+    x[..., :, 8:24] = 1.0  # a bright bar in the left half
+    batch = Batch(torch.zeros(8, 4, dtype=torch.long), torch.ones(8, 4, dtype=torch.long), x, None)
+    assert augmented(batch, AugmentConfig()) is batch
+    aug = AugmentConfig(rotate_deg=12, scale=0.1, shear=0.15, translate_px=4)
+    torch.manual_seed(0)
+    y = augment_tiles(x, aug)
+    torch.manual_seed(0)
+    assert torch.equal(y, augment_tiles(x, aug))  # reproducible from the global generator (resumes repeat it)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    left, right = y[..., :32].mean(dim=(1, 2, 3)), y[..., 32:].mean(dim=(1, 2, 3))
+    assert bool((left > 5 * right).all())  # the jitter never moves the bar to the other half
+    assert float((y.mean(dim=(1, 2, 3)) - x.mean()).abs().max()) < 0.1  # a jitter, not a different picture
+    with pytest.raises(RecipeError, match="augment"):
+        from_dict(TeacherRecipe, {**TINY_TEACHER, "augment": {"scale": 1.5}}, "r").validate("r")
+
+
+def test_recipe_hash_ignores_how_and_where_a_run_executes():
+    from mmmamba_bench.train.recipe import recipe_hash
+
+    base = from_dict(TeacherRecipe, TINY_TEACHER, "r")
+    same = from_dict(TeacherRecipe, {**TINY_TEACHER, "device": "cuda", "threads": 8, "checkpoint_every": 50,
+                                     "eval": {"items_per_task": 99}}, "r")
+    other = from_dict(TeacherRecipe, {**TINY_TEACHER, "text_loss_weight": 0.5}, "r")
+    assert recipe_hash(base) == recipe_hash(same)
+    assert recipe_hash(base) != recipe_hash(other)

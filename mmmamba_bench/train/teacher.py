@@ -3,13 +3,14 @@
 Plays the role of HoVLE for the demo's distillation (paper Sec. 4: mmMamba is distilled from a trained
 Transformer VLM). Steps: train a word-level tokenizer on the train split's chat prompts + answers; build the
 ``demo``-shaped config with that vocabulary; initialise (normal std 0.02, residual out-projections ``wo`` / ``w2``
-scaled by 1/sqrt(2 * layers), norms 1, biases 0); train with next-token cross-entropy on the answer tokens (AdamW,
-WSD, clipping; resumable); report the held-out validation loss and a greedy exact-match accuracy per task; save in
+scaled by 1/sqrt(2 * layers), norms 1, biases 0); train with next-token cross-entropy on the answer tokens, plus
+optionally (``text_loss_weight``) on the prompt's text tokens (AdamW, WSD, clipping; resumable); report the held-out validation loss and a greedy exact-match accuracy per task; save in
 the released layout with ``tokenizer.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import IGNORE, Batch, Processor
 from mmmamba_bench.train.data import BatchStream, load_encoded
 from mmmamba_bench.train.loop import StepCallback, Trainable, train
-from mmmamba_bench.train.recipe import TeacherRecipe, as_recipe, recipe_hash
+from mmmamba_bench.train.recipe import AugmentConfig, TeacherRecipe, as_recipe, recipe_hash
 from mmmamba_bench.train.state import TrainCheckpoint, read_stage_record, write_stage_record
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,54 @@ def init_weights(model: MMMambaChatModel, std: float, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def answer_loss(model: MMMambaChatModel, batch: Batch) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens (labels != IGNORE)."""
+def text_targets(batch: Batch, vocab_size: int) -> torch.Tensor:
+    """[B, L] next-token targets on the prompt's text: the token at t + 1 where positions t and t + 1 are real
+    (unpadded), the token is text (id < ``vocab_size``: not an image / special token) and t is outside the answer
+    (labels IGNORE); IGNORE elsewhere."""
+    assert batch.labels is not None
+    nxt = torch.full_like(batch.input_ids, IGNORE)
+    nxt[:, :-1] = batch.input_ids[:, 1:]
+    real = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
+    real[:, :-1] = batch.attention_mask[:, 1:].bool()
+    keep = batch.attention_mask.bool() & real & (nxt >= 0) & (nxt < vocab_size) & (batch.labels == IGNORE)
+    return torch.where(keep, nxt, torch.full_like(nxt, IGNORE))
+
+
+def augment_tiles(pixel_values: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
+    """[N, 3, S, S] tiles -> the same tiles under one random affine map each (rotation, zoom, shear, shift), edges
+    replicated. Draws from torch's global CPU generator (saved in training checkpoints, so resumes repeat it)."""
+    n, _, S, _ = pixel_values.shape
+    u = lambda: torch.rand(n) * 2 - 1  # noqa: E731  U(-1, 1) per tile
+    angle = u() * math.radians(aug.rotate_deg)
+    zoom = 1 + u() * aug.scale
+    shear = u() * aug.shear
+    shift = torch.stack([u(), u()], 1) * (2 * aug.translate_px / S)  # in grid units ([-1, 1] spans S pixels)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin + shear * cos, shift[:, 0]], 1),
+                         torch.stack([sin, cos + shear * sin, shift[:, 1]], 1)], 1)  # [N, 2, 3] output -> input
+    theta = theta.to(pixel_values.device, pixel_values.dtype)
+    grid = F.affine_grid(theta, list(pixel_values.shape), align_corners=False)
+    return F.grid_sample(pixel_values, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def augmented(batch: Batch, aug: AugmentConfig) -> Batch:
+    """``batch`` with :func:`augment_tiles` applied to its pixel values (unchanged when ``aug`` is off)."""
+    if not aug.active or batch.pixel_values is None:
+        return batch
+    return dataclasses.replace(batch, pixel_values=augment_tiles(batch.pixel_values, aug))
+
+
+def answer_loss(model: MMMambaChatModel, batch: Batch, text_weight: float = 0.0) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens (labels != IGNORE), plus ``text_weight`` x the mean
+    cross-entropy over the prompt's text tokens (:func:`text_targets`) when ``text_weight`` > 0."""
     logits = model(batch.input_ids, batch.pixel_values, attention_mask=batch.attention_mask).logits  # [B, L, V]
     assert batch.labels is not None
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch.labels.flatten(), ignore_index=IGNORE)
+    flat = logits.flatten(0, 1).float()
+    loss = F.cross_entropy(flat, batch.labels.flatten(), ignore_index=IGNORE)
+    if text_weight:
+        targets = text_targets(batch, logits.shape[-1]).flatten()
+        loss = loss + text_weight * F.cross_entropy(flat, targets, ignore_index=IGNORE)
+    return loss
 
 
 @torch.no_grad()
@@ -88,13 +132,15 @@ def held_out_loss(model: MMMambaChatModel, processor: Processor, items, batch_si
 
 def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.PathLike | None,
                   out_dir: str | os.PathLike, *, progress: bool = True,
-                  callback: StepCallback | None = None) -> Path:
+                  callback: StepCallback | None = None, device: str | None = None) -> Path:
     """Train the tiny teacher and write it to ``out_dir`` (released layout + tokenizer.json); returns ``out_dir``.
 
     Rerunning the same call resumes from ``<out_dir>.work`` (the resumable checkpoint) or returns at once when
     ``out_dir`` already holds the finished teacher of this recipe; a finished teacher of another recipe is refused.
     """
     recipe = as_recipe(recipe, TeacherRecipe)
+    if device is not None:
+        recipe = dataclasses.replace(recipe, device=device)
     data_dir = Path(data_dir) if data_dir is not None else None
     out_dir = Path(out_dir)
     rhash = recipe_hash(recipe)
@@ -132,7 +178,7 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
     t_train = time.perf_counter()
     model.train()
     train(name="teacher", trainable=Trainable(dict(model.named_parameters())),
-          loss_fn=lambda b: answer_loss(model, b), stream=stream, cfg=recipe.optim,
+          loss_fn=lambda b: answer_loss(model, augmented(b, recipe.augment), recipe.text_loss_weight), stream=stream, cfg=recipe.optim,
           checkpoint=TrainCheckpoint(work, rhash), checkpoint_every=recipe.checkpoint_every,
           device=recipe.device, progress=progress, callback=callback)
     train_s = time.perf_counter() - t_train
@@ -146,7 +192,12 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
     from mmmamba_bench.checkpoint import save_model
 
     save_model(model, out_dir, side_files_from=work)
+    from mmmamba_bench.data.minisuite import MANIFEST, default_data_dir, sha256_file
+
+    manifest = (data_dir or default_data_dir()) / MANIFEST
     write_stage_record(out_dir, {"stage": "teacher", "recipe_sha256": rhash, "validation_loss": val_loss,
+                                 "data_manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
+                                 "device": str(recipe.device),
                                  "validation_exact_match": scores, "train_seconds": round(train_s, 1),
                                  "total_seconds": round(time.perf_counter() - t0, 1), "parameters": n_params})
     shutil.rmtree(work, ignore_errors=True)
