@@ -1,6 +1,7 @@
 """Model cards (``models/*.yaml``): which checkpoint a name stands for, its layout and its paper row.
 
-A card's ``path`` may use environment variables (``${MMMAMBA_BENCH_WEIGHTS}/mmMamba-linear``); ``resolve_model``
+A card's ``path`` may use environment variables (``${MMMAMBA_BENCH_WEIGHTS}/mmMamba-linear``) or be relative to the
+repository root (``models/demo-teacher``, a checkpoint shipped in the repository); ``resolve_model``
 accepts either a checkpoint directory or a card name and always returns an existing directory, or says clearly
 which directory or card is missing.
 """
@@ -30,7 +31,8 @@ class ModelCard:
         if "$" in expanded:
             raise FileNotFoundError(f"model card {self.name!r}: path {self.path!r} uses an unset environment variable "
                                     f"(set {WEIGHTS_ENV} to the folder holding the downloaded checkpoints)")
-        return Path(expanded).expanduser()
+        path = Path(expanded).expanduser()
+        return path if path.is_absolute() else cards_dir().parent / path
 
 
 def cards_dir() -> Path:

@@ -99,13 +99,16 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     p.add_argument("--data-dir", type=Path, default=None, help="mini-suite folder (default: tasks/mini/data)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    p.add_argument("--teacher", choices=("embedded", "train"), default="embedded",
+                   help="embedded: the teacher shipped in models/demo-teacher (default); train: retrain it with "
+                        "distill/teacher-demo.yaml first (minutes on a GPU, over an hour on 2 CPU cores)")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args) -> int:
     from mmmamba_bench.demo import run_demo
 
-    run_demo(args.out, data_dir=args.data_dir, fresh=args.fresh)
+    run_demo(args.out, data_dir=args.data_dir, fresh=args.fresh, teacher=args.teacher)
     return 0
 
 
@@ -114,6 +117,8 @@ def _add_train_teacher(sub) -> None:
     p.add_argument("--recipe", required=True, type=Path, help="teacher recipe YAML (e.g. distill/teacher-demo.yaml)")
     p.add_argument("--data", type=Path, default=None, help="mini-suite data directory (default: tasks/mini/data)")
     p.add_argument("--out", required=True, type=Path, help="output checkpoint directory (resumes if rerun)")
+    p.add_argument("--device", default=None, help="torch device, overriding the recipe's (e.g. cuda, cpu); a run "
+                                                  "may be resumed on another device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_teacher)
 
@@ -121,7 +126,7 @@ def _add_train_teacher(sub) -> None:
 def _cmd_train_teacher(args) -> int:
     from mmmamba_bench.train.teacher import train_teacher
 
-    out = train_teacher(args.recipe, args.data, args.out, progress=not args.no_progress)
+    out = train_teacher(args.recipe, args.data, args.out, progress=not args.no_progress, device=args.device)
     print(f"wrote {out}")
     return 0
 

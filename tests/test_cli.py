@@ -10,9 +10,33 @@ from mmmamba_bench.demo import plan
 
 def test_every_demo_step_parses(tmp_path):
     parser = build_parser()
-    for step in plan(tmp_path / "out", tmp_path / "data"):
+    for step in plan(tmp_path / "out", tmp_path / "data") + plan(tmp_path / "out", tmp_path / "data", "train"):
         args = parser.parse_args(step.argv)  # SystemExit (a test failure) on an unknown flag or subcommand
         assert args.command == step.argv[0]
+
+
+def test_demo_uses_the_embedded_teacher_unless_asked_to_train_one(tmp_path):
+    from mmmamba_bench.cards import resolve_model
+
+    embedded = plan(tmp_path, tmp_path / "d")
+    assert "train-teacher" not in [s.name for s in embedded]
+    convert = next(s for s in embedded if s.name == "convert")
+    assert convert.argv[convert.argv.index("--teacher") + 1] == str(resolve_model("demo-teacher"))
+    trained = plan(tmp_path, tmp_path / "d", teacher="train")
+    step = next(s for s in trained if s.name == "train-teacher")
+    assert step.argv[step.argv.index("--recipe") + 1].endswith("teacher-demo.yaml")
+    assert all(str(tmp_path / "models" / "teacher") in s.argv for s in trained if s.name in ("convert", "eval-teacher"))
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        plan(tmp_path, tmp_path / "d", teacher="nope")
+
+
+def test_demo_refuses_to_resume_with_another_teacher(tmp_path):
+    from mmmamba_bench.demo import run_demo
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "demo_settings.json").write_text('{"teacher": "train"}')
+    with pytest.raises(RuntimeError, match="other settings"):
+        run_demo(tmp_path / "out", data_dir=tmp_path / "d", teacher="embedded")
 
 
 def test_demo_chains_eval_over_all_four_models(tmp_path):

@@ -14,8 +14,9 @@ import torch
 
 from mmmamba_bench.processor import Processor
 
-# Chance level of each task's answer format (yes/no 1/2, 4 options 1/4, SQA 2-4 options ~1/3, open answers ~0).
-CHANCE = {"mini_mme": 0.5, "mini_pope": 0.5, "mini_mmbench": 0.25, "mini_seed": 0.25, "mini_sqa": 0.33,
+# Chance level of each task's answer format (yes/no 1/2, 4 options 1/4, SQA 2-4 options ~0.42, open answers ~0;
+# see mmmamba_bench.benchmarks.MINI_CHANCE).
+CHANCE = {"mini_mme": 0.5, "mini_pope": 0.5, "mini_mmbench": 0.25, "mini_seed": 0.25, "mini_sqa": 0.42,
           "mini_textvqa": 0.0, "mini_gqa": 0.0}
 
 
