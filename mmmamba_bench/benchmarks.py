@@ -60,5 +60,21 @@ TABLE1: tuple[Column, ...] = (
 )
 
 
+# Expected mini-suite score of a model answering uniformly at random among the allowed answers, in the table's units
+# (the report's "chance" row). MME: per category acc 50 + acc+ 25 (both answers of a pair right), 5 categories;
+# MMBench circular: all 4 rotations right, (1/4)^4; POPE: yes/no balanced, so precision = recall = F1 = 0.5;
+# SEED: 4 options; ScienceQA: its 5 categories in equal numbers with 2 (parity), 3 (arithmetic), 4
+# (classification), 2 (comparison), 2 (living things) options; TextVQA / GQA: open answers, ~0.
+MINI_CHANCE: dict[str, float] = {
+    "MME": 5 * (50.0 + 25.0),
+    "MMB": 100.0 * 0.25**4,
+    "POPE": 50.0,
+    "SEED": 25.0,
+    "TQA": 0.0,
+    "SQA-I": 100.0 * (1 / 2 + 1 / 3 + 1 / 4 + 1 / 2 + 1 / 2) / 5,
+    "GQA": 0.0,
+}
+
+
 def columns_by_name() -> dict[str, Column]:
     return {c.name: c for c in TABLE1}

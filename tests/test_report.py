@@ -254,6 +254,12 @@ def test_mini_table_avg_over_percentage_columns(tmp_path):
     # the mini table uses the mini task names in its note
     for _, h in suite_columns("mini"):
         assert h.tasks[0] in md
+    # and ends with the uniform-guess row, hand-derived: MME 5 x (50 + 25); MMB (1/4)^4; SQA-I mean of 1/2, 1/3, 1/4,
+    # 1/2, 1/2 over its five categories
+    chance = table_row(md, ["chance (uniform guess)"])
+    assert chance[header.index("MME")] == "375.0" and chance[header.index("MMB")] == "0.4"
+    assert chance[header.index("POPE")] == "50.0" and chance[header.index("SQA-I")] == "41.7"
+    assert chance[header.index("avg")] == f"{(100 / 256 + 50 + 25 + 0 + 125 / 3 + 0) / 6:.1f}"
 
 
 # ----------------------------------------------------------------------------------------------- speed

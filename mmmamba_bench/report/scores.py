@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..benchmarks import TABLE1, Column, Headline
+from ..benchmarks import MINI_CHANCE, TABLE1, Column, Headline
 from .inputs import ReportInputError
 from .paper import PaperTable1Row, same_model
 from .tables import render_table
@@ -28,6 +28,7 @@ RESULTS_GLOB = "*_results.json"
 FILTER_SUFFIX = ",none"  # lmms-eval's default filter name, appended to every metric key
 SUITES = ("real", "mini")
 SCORE_FORMAT = ".1f"
+CHANCE_ROW = "chance (uniform guess)"
 _STAMP = re.compile(r"(\d{8}_\d{6})")
 _STAMP_FORMAT = "%Y%m%d_%H%M%S"
 
@@ -238,13 +239,18 @@ def mini_frame(scores: Mapping[str, ModelScores]) -> pd.DataFrame:
 def render_mini(scores: Mapping[str, ModelScores]) -> str:
     """Markdown: the mini-suite table (measured only) with a note naming each mini task and the average's rule."""
     frame = mini_frame(scores)
+    chance = {c: MINI_CHANCE.get(c, float("nan")) for c in frame.columns if c != "avg"}
+    pct = percent_columns("mini")
+    chance["avg"] = sum(chance[c] for c in pct) / len(pct) if pct and all(c in chance for c in pct) else float("nan")
+    frame.loc[CHANCE_ROW] = [chance.get(c, float("nan")) for c in frame.columns]
     note = "; ".join(f"{c.name} = {describe_headline(h)}" for c, h in suite_columns("mini"))
-    pct = ", ".join(percent_columns("mini"))
+    pct_names = ", ".join(pct)
     return (render_table(frame, default_format=SCORE_FORMAT, index=True)
             + f"\n_Mini suite (offline stand-ins, not comparable with the paper's numbers): {note}. "
-              f"avg = mean of the percentage-scale columns ({pct}); score-scale columns (e.g. the MME-style score, "
+              f"avg = mean of the percentage-scale columns ({pct_names}); score-scale columns (e.g. the MME-style score, "
               "whose maximum is task-specific) are left out of it, and avg is \"-\" unless all of these are "
-              "present._\n")
+              f"present. `{CHANCE_ROW}`: the expected score of answering uniformly at random (see "
+              "`mmmamba_bench.benchmarks.MINI_CHANCE`)._\n")
 
 
 def render_sources(scores: Mapping[str, ModelScores]) -> str:
