@@ -101,7 +101,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--teacher", choices=("embedded", "train"), default="embedded",
                    help="embedded: the teacher shipped in models/demo-teacher (default); train: retrain it with "
-                        "distill/teacher-demo.yaml first (minutes on a GPU, over an hour on 2 CPU cores)")
+                        "distill/teacher-demo.yaml first (minutes on a GPU, about an hour on 2 CPU cores)")
     p.set_defaults(func=_cmd_demo)
 
 

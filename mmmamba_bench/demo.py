@@ -7,8 +7,8 @@ trained on the offline mini-suite:
          -> eval (x4, lmms-eval) -> profile -> report
 
 The teacher is by default the embedded one (``models/demo-teacher/``, card ``models/demo-teacher.yaml``): trained by
-``mmmamba-bench train-teacher --recipe distill/teacher-demo.yaml`` for 12,000 steps, which takes minutes on a GPU but
-over an hour on 2 CPU cores. ``--teacher train`` retrains it with that recipe as the chain's second step.
+``mmmamba-bench train-teacher --recipe distill/teacher-demo.yaml`` (11,000 steps: minutes on a GPU, about an hour
+on 2 CPU cores). ``--teacher train`` retrains it with that recipe as the chain's second step.
 
 Each step writes its output atomically and is skipped when that output already exists, so an interrupted demo
 resumes where it stopped (``--fresh`` starts over).

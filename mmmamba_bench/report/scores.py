@@ -247,8 +247,8 @@ def render_mini(scores: Mapping[str, ModelScores]) -> str:
     pct_names = ", ".join(pct)
     return (render_table(frame, default_format=SCORE_FORMAT, index=True)
             + f"\n_Mini suite (offline stand-ins, not comparable with the paper's numbers): {note}. "
-              f"avg = mean of the percentage-scale columns ({pct_names}); score-scale columns (e.g. the MME-style score, "
-              "whose maximum is task-specific) are left out of it, and avg is \"-\" unless all of these are "
+              f"avg = mean of the percentage-scale columns ({pct_names}); score-scale columns (e.g. the MME-style "
+              "score, whose maximum is task-specific) are left out of it, and avg is \"-\" unless all of these are "
               f"present. `{CHANCE_ROW}`: the expected score of answering uniformly at random (see "
               "`mmmamba_bench.benchmarks.MINI_CHANCE`)._\n")
 

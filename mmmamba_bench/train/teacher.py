@@ -4,8 +4,9 @@ Plays the role of HoVLE for the demo's distillation (paper Sec. 4: mmMamba is di
 Transformer VLM). Steps: train a word-level tokenizer on the train split's chat prompts + answers; build the
 ``demo``-shaped config with that vocabulary; initialise (normal std 0.02, residual out-projections ``wo`` / ``w2``
 scaled by 1/sqrt(2 * layers), norms 1, biases 0); train with next-token cross-entropy on the answer tokens, plus
-optionally (``text_loss_weight``) on the prompt's text tokens (AdamW, WSD, clipping; resumable); report the held-out validation loss and a greedy exact-match accuracy per task; save in
-the released layout with ``tokenizer.json``.
+optionally (``text_loss_weight``) on the prompt's text tokens, on tiles optionally jittered by a random affine map
+(``augment``) (AdamW, WSD, clipping; resumable, also on another device); report the held-out validation loss and a
+greedy exact-match accuracy per task; save in the released layout with ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
     t_train = time.perf_counter()
     model.train()
     train(name="teacher", trainable=Trainable(dict(model.named_parameters())),
-          loss_fn=lambda b: answer_loss(model, augmented(b, recipe.augment), recipe.text_loss_weight), stream=stream, cfg=recipe.optim,
+          loss_fn=lambda b: answer_loss(model, augmented(b, recipe.augment), recipe.text_loss_weight),
+          stream=stream, cfg=recipe.optim,
           checkpoint=TrainCheckpoint(work, rhash), checkpoint_every=recipe.checkpoint_every,
           device=recipe.device, progress=progress, callback=callback)
     train_s = time.perf_counter() - t_train
