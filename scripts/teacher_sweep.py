@@ -9,8 +9,10 @@ Two modes:
       over every answer token, i.e. exact match of the greedy answer) every ``eval_every`` steps.
 
 Keys (default = the demo recipe): hidden heads kv_heads emb_layers llm_layers intermediate patch_size norm
-lr bs wd steps warmup decay_frac init_std eval_every tasks (comma list) device seed threads text_loss (weight of a
-next-token loss on the prompt's text tokens, besides the answer loss).
+lr bs wd steps warmup decay_frac init_std eval_every tasks (comma list) device seed threads text_loss (the
+trainer's ``text_loss_weight``). The loss is the package's ``train.teacher.answer_loss``; sweep 2's "text" run
+(reports/teacher_sweep.md) used an earlier inline copy that also scored the first prompt token from the last
+left-padding position.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 DEFAULTS = dict(hidden=128, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, intermediate=384, patch_size=8,
@@ -99,12 +100,6 @@ class Rows:
         return ids.to(d), mask.to(d), pv, labels.to(d)
 
 
-def init_weights(model, std: float, seed: int) -> None:
-    from mmmamba_bench.train.teacher import init_weights as base
-
-    base(model, std, seed)
-
-
 @torch.no_grad()
 def evaluate(model, rows: Rows) -> dict[str, float]:
     model.eval()
@@ -125,8 +120,9 @@ def evaluate(model, rows: Rows) -> dict[str, float]:
 def run(data_path: Path, name: str, overrides: dict, minutes: float, log_path: Path | None) -> None:
     from mmmamba_bench.config import make_config
     from mmmamba_bench.model.stack import MMMambaChatModel
-    from mmmamba_bench.processor import Processor
+    from mmmamba_bench.processor import Batch, Processor
     from mmmamba_bench.tokenizer import load_tokenizer
+    from mmmamba_bench.train.teacher import answer_loss, init_weights
 
     cfg = dict(DEFAULTS)
     for k, v in overrides.items():
@@ -188,14 +184,7 @@ def run(data_path: Path, name: str, overrides: dict, minutes: float, log_path: P
             perm, pos = torch.randperm(len(train_rows), generator=gen).tolist(), 0
         ids, mask, pv, labels = train_rows.batch(perm[pos:pos + cfg["bs"]])
         pos += cfg["bs"]
-        logits = model(ids, pv, attention_mask=mask).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=train_rows.ignore)
-        if cfg["text_loss"]:
-            nxt = ids[:, 1:]
-            text = (mask[:, 1:] == 1) & (nxt < logits.shape[-1]) & (labels[:, :-1] == train_rows.ignore)
-            tgt = torch.where(text, nxt, torch.full_like(nxt, train_rows.ignore))
-            loss = loss + cfg["text_loss"] * F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tgt.flatten(),
-                                                              ignore_index=train_rows.ignore)
+        loss = answer_loss(model, Batch(ids, mask, pv, labels), cfg["text_loss"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
