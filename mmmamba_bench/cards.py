@@ -1,7 +1,8 @@
 """Model cards (``models/*.yaml``): which checkpoint a name stands for, its layout and its paper row.
 
-A card's ``path`` may use environment variables (``${MMMAMBA_BENCH_WEIGHTS}/mmMamba-linear``) or be relative to the
-repository root (``models/demo-teacher``, a checkpoint shipped in the repository); ``resolve_model``
+Cards live in ``models/`` (found by :mod:`mmmamba_bench.assets`: a checkout's folder, the installed package data, or
+``$MMMAMBA_BENCH_HOME``). A card's ``path`` may use environment variables (``${MMMAMBA_BENCH_WEIGHTS}/mmMamba-linear``)
+or be relative to that asset root (``models/demo-teacher``, the checkpoint shipped with the package); ``resolve_model``
 accepts either a checkpoint directory or a card name and always returns an existing directory, or says clearly
 which directory or card is missing.
 """
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from mmmamba_bench.assets import asset_root, models_dir
 
 WEIGHTS_ENV = "MMMAMBA_BENCH_WEIGHTS"
 
@@ -32,12 +35,12 @@ class ModelCard:
             raise FileNotFoundError(f"model card {self.name!r}: path {self.path!r} uses an unset environment variable "
                                     f"(set {WEIGHTS_ENV} to the folder holding the downloaded checkpoints)")
         path = Path(expanded).expanduser()
-        return path if path.is_absolute() else cards_dir().parent / path
+        return path if path.is_absolute() else asset_root() / path
 
 
 def cards_dir() -> Path:
-    """``<repo>/models``, next to the package."""
-    return Path(__file__).resolve().parent.parent / "models"
+    """The ``models/`` folder (see :mod:`mmmamba_bench.assets`)."""
+    return models_dir()
 
 
 def load_card(name_or_file: str | Path) -> ModelCard:

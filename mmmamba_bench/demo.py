@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmmamba_bench.assets import recipes_dir
 from mmmamba_bench.results import write_json_atomic
 
-RECIPES = Path(__file__).resolve().parent.parent / "distill"
 MODELS = ("teacher", "seeded-linear", "linear", "hybrid")
 EMBEDDED_TEACHER = "demo-teacher"  # model card of the teacher shipped in the repository
 TEACHER_MODES = ("embedded", "train")
@@ -52,14 +52,14 @@ def plan(out: Path, data_dir: Path, teacher: str = "embedded") -> list[Step]:
     if teacher == "embedded":
         m["teacher"] = embedded_teacher()
     else:
-        steps.append(Step("train-teacher", ["train-teacher", "--recipe", str(RECIPES / "teacher-demo.yaml"), "--data",
+        steps.append(Step("train-teacher", ["train-teacher", "--recipe", str(recipes_dir() / "teacher-demo.yaml"), "--data",
                                              str(data_dir), "--out", str(m["teacher"])], m["teacher"]))
     steps += [
         Step("convert", ["convert", "--teacher", str(m["teacher"]), "--out", str(m["seeded-linear"]), "--layout",
                          "linear", "--init", "mimic", "--seed", "0"], m["seeded-linear"]),
-        Step("distill-linear", ["distill", "--recipe", str(RECIPES / "linear-demo.yaml"), "--teacher",
+        Step("distill-linear", ["distill", "--recipe", str(recipes_dir() / "linear-demo.yaml"), "--teacher",
                                 str(m["teacher"]), "--data", str(data_dir), "--out", str(m["linear"])], m["linear"]),
-        Step("distill-hybrid", ["distill", "--recipe", str(RECIPES / "hybrid-demo.yaml"), "--teacher",
+        Step("distill-hybrid", ["distill", "--recipe", str(recipes_dir() / "hybrid-demo.yaml"), "--teacher",
                                 str(m["teacher"]), "--data", str(data_dir), "--out", str(m["hybrid"])], m["hybrid"]),
     ]
     for name in MODELS:

@@ -16,10 +16,11 @@ from mmmamba_bench.data import minisuite
 from mmmamba_bench.data.minisuite import SIZES, SPLITS, TASKS, MiniSuiteDataError, file_name
 from mmmamba_bench.data.prompts import format_prompt
 from mmmamba_bench.data.sources import split_digits
-from mmmamba_bench.eval.tasks import MINI_TASKS, TaskSetupError, check_tasks, repo_root
+from mmmamba_bench.eval.tasks import MINI_TASKS, TaskSetupError, check_tasks
 
 ROWS_PER_ITEM = {"mini_mme": 2, "mini_pope": 12, "mini_mmbench": 4}
-MINI_TASK_DIR = repo_root() / "tasks" / "mini"
+REPO = Path(__file__).resolve().parents[1]  # the checkout these tests run from
+MINI_TASK_DIR = REPO / "tasks" / "mini"
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,7 @@ def test_preflight_on_generated_and_broken_data(suite, tmp_path):
     assert {task for task, _ in err.value.problems} == {"mini_pope", "mini_gqa"}
     message = str(err.value)
     assert "mini_pope_test.parquet not found" in message and "sha256" in message
-    assert "python -m mmmamba_bench.data.minisuite" in message
+    assert f"mmmamba-bench data --out {broken}" in message
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -287,9 +288,9 @@ def test_embedded_teacher_was_trained_on_this_data_with_the_committed_recipe(sui
 
     out, _ = suite
     teacher = resolve_model("demo-teacher")
-    assert teacher == repo_root() / "models" / "demo-teacher"
+    assert teacher == REPO / "models" / "demo-teacher"
     record = json.loads((teacher / "distill_state.json").read_text())
-    assert record["recipe_sha256"] == recipe_hash(as_recipe(repo_root() / "distill" / "teacher-demo.yaml",
+    assert record["recipe_sha256"] == recipe_hash(as_recipe(REPO / "distill" / "teacher-demo.yaml",
                                                             TeacherRecipe))
     assert record["data_manifest_sha256"] == hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
 

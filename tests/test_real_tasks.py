@@ -25,12 +25,12 @@ from mmmamba_bench.eval.tasks import (
     TaskSetupError,
     check_tasks,
     include_paths,
-    repo_root,
     resolve_tasks,
 )
 
-REAL_DIR = repo_root() / "tasks" / "real"
-MINI_DIR = repo_root() / "tasks" / "mini"
+REPO = Path(__file__).resolve().parents[1]  # the checkout these tests run from
+REAL_DIR = REPO / "tasks" / "real"
+MINI_DIR = REPO / "tasks" / "mini"
 # keys that may differ from the built-in task without being listed as an override
 ALWAYS_ALLOWED = {"task", "tag", "dataset_kwargs", "metadata", "include"}
 
@@ -326,7 +326,7 @@ def test_paper_tasks_load_offline_from_the_local_cache(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "LMMS_EVAL_"))}
     env.update(real.offline_env(cache))
-    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", OFFLINE_SCRIPT, str(REAL_DIR)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -12,7 +12,7 @@ What is guaranteed about the splits
   sizes and grid positions): like a closed-vocabulary benchmark, the suite measures recognising these objects, not
   generalising to unseen photos.
 
-Run ``python -m mmmamba_bench.data.minisuite`` to (re)generate the default data directory ``tasks/mini/data/``.
+Run ``mmmamba-bench data`` to (re)generate it (default folder: :func:`mmmamba_bench.assets.default_mini_data_dir`).
 """
 
 from __future__ import annotations
@@ -87,8 +87,10 @@ class Example:
 
 
 def default_data_dir() -> Path:
-    """``<repo>/tasks/mini/data`` (the folder the task YAMLs read)."""
-    return Path(__file__).resolve().parents[2] / "tasks" / "mini" / "data"
+    """Where the suite is generated and read by default (:func:`mmmamba_bench.assets.default_mini_data_dir`)."""
+    from mmmamba_bench.assets import default_mini_data_dir
+
+    return default_mini_data_dir()
 
 
 def file_name(task: str, split: str) -> str:
@@ -181,9 +183,9 @@ def check_columns(names: Sequence[str], num_rows: int, where: str) -> None:
     missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise MiniSuiteDataError(f"{where}: missing column(s) {missing} (found {list(names)}); regenerate the data "
-                                 f"with `python -m mmmamba_bench.data.minisuite`")
+                                 f"with `mmmamba-bench data`")
     if num_rows == 0:
-        raise MiniSuiteDataError(f"{where}: no rows; regenerate the data with `python -m mmmamba_bench.data.minisuite`")
+        raise MiniSuiteDataError(f"{where}: no rows; regenerate the data with `mmmamba-bench data`")
 
 
 def read_table(path: Path) -> pa.Table:
@@ -191,7 +193,7 @@ def read_table(path: Path) -> pa.Table:
     path = Path(path)
     if not path.is_file():
         raise MiniSuiteDataError(f"{path}: file not found; generate the data with "
-                                 f"`python -m mmmamba_bench.data.minisuite`")
+                                 f"`mmmamba-bench data`")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
@@ -238,9 +240,11 @@ def iter_examples(data_dir: Path | None, split: str, tasks: Sequence[str] | None
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate the offline mini-suite parquet files.")
-    parser.add_argument("--out", type=Path, default=default_data_dir(), help="output folder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the mini-suite's default "
+                                                               "folder, see mmmamba_bench.assets)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.out = args.out or default_data_dir()
     manifest = generate(args.out, seed=args.seed)
     for task, counts in manifest["rows"].items():
         print(f"{task:14s} " + "  ".join(f"{s}={n}" for s, n in counts.items()))

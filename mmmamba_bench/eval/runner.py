@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +32,13 @@ def _offline_env(data_dir: str | Path | None) -> None:
 def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | None = None,
              device: str | None = None, dtype: str = "auto", batch_size: int = 8, limit: int | None = None,
              data_dir: str | Path | None = None, log_samples: bool = True, seed: int = 0,
-             ssd_backend: str = "auto") -> Path:
-    """Evaluate ``model`` (a checkpoint directory or model card) on ``tasks``; returns the results file."""
+             ssd_backend: str = "auto", mini_data_dir: str | Path | None = None) -> Path:
+    """Evaluate ``model`` (a checkpoint directory or model card) on ``tasks``; returns the results file.
+
+    data_dir: local datasets cache of the real benchmarks; mini_data_dir: the generated mini-suite (default
+    :func:`mmmamba_bench.assets.default_mini_data_dir`).
+    """
+    from mmmamba_bench.assets import default_mini_data_dir
     from mmmamba_bench.cards import resolve_model
     from mmmamba_bench.eval.tasks import check_tasks, include_paths, resolve_tasks
 
@@ -40,8 +46,17 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
     path = resolve_model(model)
     label = label or path.name
     task_names = resolve_tasks(tasks)
-    check_tasks(task_names, data_dir)  # missing data / judge: a clear error before any model is loaded
+    mini_data_dir = Path(mini_data_dir) if mini_data_dir is not None else default_mini_data_dir()
+    check_tasks(task_names, data_dir, mini_data_dir=mini_data_dir)  # missing data / judge: before any model loads
+    with tempfile.TemporaryDirectory(prefix="mmmamba_tasks_") as overlay:
+        return _evaluate(path, label, task_names, output, include_paths(mini_data_dir, overlay), device=device,
+                         dtype=dtype, batch_size=batch_size, limit=limit, log_samples=log_samples, seed=seed,
+                         ssd_backend=ssd_backend)
 
+
+def _evaluate(path: Path, label: str, task_names: list[str], output: str | Path, task_folders: list[str], *,
+              device: str | None, dtype: str, batch_size: int, limit: int | None, log_samples: bool, seed: int,
+              ssd_backend: str) -> Path:
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
@@ -52,7 +67,7 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
     model_args = ",".join(f"{k}={v}" for k, v in args.items())
     log.info("evaluating %s on %s", label, ", ".join(task_names))
     results = simple_evaluate(model="mmmamba", model_args=model_args, tasks=task_names,
-                              task_manager=TaskManager(include_path=include_paths()), batch_size=batch_size,
+                              task_manager=TaskManager(include_path=task_folders), batch_size=batch_size,
                               limit=limit, log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
                               torch_random_seed=seed, fewshot_random_seed=seed)
     if results is None:

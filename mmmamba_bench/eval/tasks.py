@@ -5,9 +5,10 @@
 - :func:`check_tasks` fails fast, before any model is loaded, with a :class:`TaskSetupError` that names every task
   and what it lacks: generated mini-suite files, local copies of the real datasets, judge credentials.
 
-Data locations: the mini tasks read ``tasks/mini/data/`` (next to their YAMLs; generate it with
-``python -m mmmamba_bench.data.minisuite``); the ``paper_*`` tasks read a local datasets cache, ``data_dir``
-(default ``$MMMAMBA_BENCH_DATA`` or ``~/.cache/mmmamba_bench/datasets``; see ``mmmamba_bench.data.real``).
+Data locations: the mini tasks read the generated suite (``mmmamba-bench data``), by default ``tasks/mini/data/``
+next to their YAMLs in a checkout (see :func:`mmmamba_bench.assets.default_mini_data_dir`; elsewhere through an
+overlay, :func:`include_paths`); the ``paper_*`` tasks read a local datasets cache, ``data_dir`` (default
+``$MMMAMBA_BENCH_DATA`` or ``~/.cache/mmmamba_bench/datasets``; see ``mmmamba_bench.data.real``).
 """
 
 from __future__ import annotations
@@ -48,20 +49,44 @@ class TaskSetupError(RuntimeError):
         super().__init__(f"{len(problems)} task setup problem(s):\n{lines}")
 
 
-def repo_root() -> Path:
-    """The checkout that holds this package (``<repo>/mmmamba_bench``)."""
-    return Path(__file__).resolve().parents[2]
+def include_paths(mini_data_dir: Path | str | None = None, overlay_dir: Path | str | None = None) -> list[str]:
+    """The task folders for ``TaskManager(include_path=...)`` / ``--include_path``: ``tasks/mini``, ``tasks/real``.
+
+    A mini YAML reads ``data/<task>_test.parquet`` beside it (lmms-eval resolves ``data_files`` against the YAML's
+    folder). When the suite lives elsewhere (``mini_data_dir`` is not that folder: an installed wheel, or
+    ``--data-dir``), ``overlay_dir`` receives one small YAML per mini task that ``include:``s the shipped YAML and
+    points its ``data_files`` at ``mini_data_dir``; that folder then stands in for ``tasks/mini``.
+    """
+    from mmmamba_bench.assets import tasks_dir
+
+    tasks = tasks_dir()
+    mini, real_dir = tasks / "mini", tasks / "real"
+    shipped_data = mini / "data"
+    if mini_data_dir is None or Path(mini_data_dir).resolve() == shipped_data.resolve():
+        return [str(mini), str(real_dir)]
+    if overlay_dir is None:
+        raise ValueError(f"mini-suite data in {mini_data_dir} (not {shipped_data}) needs an overlay_dir for the "
+                         f"task YAMLs that point at it")
+    return [str(write_mini_overlay(mini, Path(mini_data_dir), Path(overlay_dir))), str(real_dir)]
 
 
-def include_paths() -> list[str]:
-    """The ``tasks/mini`` and ``tasks/real`` folders, for ``TaskManager(include_path=...)`` / ``--include_path``."""
-    tasks = repo_root() / "tasks"
-    folders = [tasks / "mini", tasks / "real"]
-    missing = [str(f) for f in folders if not f.is_dir()]
-    if missing:
-        raise TaskSetupError([("*", f"task folder(s) {missing} not found: mmmamba_bench must be used from a source "
-                                    f"checkout (pip install -e <repo>), where tasks/ sits next to mmmamba_bench/")])
-    return [str(f) for f in folders]
+def write_mini_overlay(mini_tasks: Path, data_dir: Path, out: Path) -> Path:
+    """Write ``out/<task>.yaml`` for every mini task: the shipped YAML with ``data_files`` under ``data_dir``."""
+    import yaml
+
+    from mmmamba_bench.data import minisuite
+
+    out.mkdir(parents=True, exist_ok=True)
+    for task in MINI_TASKS:
+        shipped = mini_tasks / f"{task}.yaml"
+        if not shipped.is_file():
+            raise TaskSetupError([(task, f"task YAML {shipped} not found")])
+        overlay = {"include": str(shipped.resolve()),
+                   "dataset_kwargs": {"data_files": {"test": str((data_dir / minisuite.file_name(task, "test"))
+                                                                 .resolve())}}}
+        (out / f"{task}.yaml").write_text(f"# generated: {task} over {data_dir}\n" + yaml.safe_dump(overlay),
+                                          encoding="utf-8")
+    return out
 
 
 def resolve_tasks(spec: str) -> list[str]:
@@ -94,7 +119,7 @@ def _mini_problems(task: str, data_dir: Path) -> list[str]:
 
     from mmmamba_bench.data import minisuite
 
-    regenerate = "run `python -m mmmamba_bench.data.minisuite` to generate it"
+    regenerate = f"run `mmmamba-bench data --out {data_dir}` to generate it"
     manifest_path = data_dir / minisuite.MANIFEST
     path = data_dir / minisuite.file_name(task, "test")
     if not manifest_path.is_file() or not path.is_file():
@@ -133,13 +158,15 @@ def check_tasks(task_names: Iterable[str], data_dir: Path | str | None = None, *
     """Raise :class:`TaskSetupError` listing every problem that would stop or silently spoil these tasks.
 
     ``data_dir`` is the local datasets cache of the real benchmarks (default :func:`real.default_data_dir`); the
-    mini tasks read ``tasks/mini/data`` next to their YAMLs (``mini_data_dir`` is for tests). Checks: known task
+    mini tasks read ``mini_data_dir`` (default :func:`mmmamba_bench.assets.default_mini_data_dir`). Checks: known task
     name; mini-suite file present, well-formed and matching its manifest; real datasets present in ``data_dir``
     with the split evaluated; judge credentials for judge-scored tasks. Nothing is downloaded; lmms-eval is not
     imported.
     """
     data_dir = Path(data_dir).expanduser() if data_dir is not None else real.default_data_dir()
-    mini_dir = Path(mini_data_dir) if mini_data_dir is not None else repo_root() / "tasks" / "mini" / "data"
+    from mmmamba_bench.assets import default_mini_data_dir
+
+    mini_dir = Path(mini_data_dir) if mini_data_dir is not None else default_mini_data_dir()
     task_names = list(task_names)
     problems: list[tuple[str, str]] = []
     paper = [t for t in task_names if t in PAPER_TASKS]

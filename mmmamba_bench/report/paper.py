@@ -107,8 +107,10 @@ class PaperNumbers:
 
 
 def default_paper_dir() -> Path:
-    """``reports/paper/`` of the source checkout this package lives in."""
-    return Path(__file__).resolve().parents[2] / "reports" / "paper"
+    """``reports/paper/`` (see :mod:`mmmamba_bench.assets`: a checkout's folder or the installed package data)."""
+    from mmmamba_bench.assets import paper_dir
+
+    return paper_dir()
 
 
 def parse_number(text: str) -> float:
@@ -194,7 +196,7 @@ def load_fig1(paper_dir: Path | None = None) -> PaperFig1:
 
 
 def load_paper(paper_dir: Path | None = None) -> PaperNumbers:
-    """All of the paper's numbers; ``paper_dir`` defaults to ``reports/paper/`` of this checkout."""
+    """All of the paper's numbers; ``paper_dir`` defaults to :func:`default_paper_dir`."""
     return PaperNumbers(table1=load_table1(paper_dir), table2=load_table2(paper_dir), fig1=load_fig1(paper_dir),
                         ablations=load_ablations(paper_dir))
 

@@ -8,12 +8,9 @@ Thin glue: prompts come from ``mmmamba_bench.data.prompts`` (the same text the t
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 from mmmamba_bench.data import minisuite
 from mmmamba_bench.eval import metrics
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def _where(doc: dict) -> str:
@@ -26,8 +23,7 @@ def _where(doc: dict) -> str:
 def process_docs(dataset, task: str):
     """Check a loaded split before use: every column present, at least one row, rows of the right task."""
     split = str(getattr(dataset, "split", None) or "test")
-    path = DATA_DIR / minisuite.file_name(task, split)
-    where = f"{task} split {split!r} ({path})"
+    where = f"{task} split {split!r} ({minisuite.file_name(task, split)})"
     minisuite.check_columns(dataset.column_names, dataset.num_rows, where)
     tasks = set(dataset.unique("task"))
     if tasks != {task}:
