@@ -13,8 +13,8 @@
 ``python requirements/lock.py latest OUT`` resolves the CPU environment's newest allowed versions into OUT instead,
 ignoring the lock: the drift check (``tox -e latest``).
 
-``python requirements/lock.py install LOCK`` installs a lock file exactly (``--no-deps``: the file is complete, so no
-resolver runs and nothing newer or a CUDA build can slip in) into the running interpreter's environment, then this
+``python requirements/lock.py install LOCK [--editable] [--python PY]`` installs a lock file exactly (``--no-deps``: the file is complete, so no
+resolver runs and nothing newer or a CUDA build can slip in) into the environment of PY (default: the running interpreter), then, with ``--editable``, this
 package in editable mode (built by the pinned backend of ``build.txt``); with uv, as tox does. Plain pip does the
 same with ``pip install --no-deps -r requirements/cpu.txt`` (+ the PyTorch CPU index) and ``pip install --no-deps
 -e .``.
@@ -35,24 +35,51 @@ PYTORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PYPI = "https://pypi.org/simple"
 
 
+def pip_find_links() -> list[str]:
+    """The find-links folders pip is configured with ($PIP_FIND_LINKS, else the [global] / [install] find-links of
+    the pip.conf files pip reads: site-wide, then the user's), so that uv finds what pip would."""
+    import configparser
+    import os
+
+    env = os.environ.get("PIP_FIND_LINKS", "").split()
+    if env:
+        return env
+    dirs = os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
+    files = [Path(d) / "pip" / "pip.conf" for d in dirs] + [Path("/etc/pip.conf"),
+             Path.home() / ".pip" / "pip.conf", Path.home() / ".config" / "pip" / "pip.conf"]
+    if os.environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(os.environ["PIP_CONFIG_FILE"]))
+    links: list[str] = []
+    for file in files:
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(file)
+        except (OSError, configparser.Error):
+            continue
+        for section in ("global", "install"):
+            if parser.has_option(section, "find-links"):
+                links = parser.get(section, "find-links").split()  # later files override earlier ones
+    return links
+
+
 def torch_cpu_source() -> list[str]:
     """Where uv finds the CPU build of torch: pip's configured find-links folders if any (a machine with local
     wheels), else PyTorch's CPU index next to PyPI."""
-    found = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"],
-                           capture_output=True, text=True)
-    links = [part for part in found.stdout.split() if part] if found.returncode == 0 else []
+    links = [link for link in pip_find_links()
+             if link.startswith(("http://", "https://")) or Path(link.removeprefix("file://")).exists()]
     if links:
         return [arg for link in links for arg in ("--find-links", link)]
     return ["--extra-index-url", PYTORCH_CPU_INDEX, "--index-strategy", "unsafe-best-match"]
 
 
-def install(lock: Path) -> None:
-    python = sys.executable
+def install(lock: Path, python: str, editable: bool) -> None:
+    """Install ``lock`` exactly into the environment of ``python``; then this checkout, editable, if asked."""
     cpu_torch = any(line.startswith("torch==") and "+cpu" in line for line in lock.read_text().splitlines())
     sources = torch_cpu_source() if cpu_torch else []
-    steps = [["uv", "pip", "install", "--python", python, "--no-deps", "--index-url", PYPI, *sources, "-r", str(lock)],
-             ["uv", "pip", "install", "--python", python, "--no-deps", "--index-url", PYPI, "--build-constraint",
-              str(HERE / "build.txt"), "-e", str(ROOT)]]
+    steps = [["uv", "pip", "install", "--python", python, "--no-deps", "--index-url", PYPI, *sources, "-r", str(lock)]]
+    if editable:
+        steps.append(["uv", "pip", "install", "--python", python, "--no-deps", "--index-url", PYPI,
+                      "--build-constraint", str(HERE / "build.txt"), "-e", str(ROOT)])
     for cmd in steps:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
@@ -93,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("compile", help="refresh cpu.txt, gpu.txt and build.txt")
     latest = sub.add_parser("latest", help="the newest CPU resolution, ignoring the lock")
     latest.add_argument("out", type=Path)
-    inst = sub.add_parser("install", help="install a lock file exactly, then this package (editable)")
+    inst = sub.add_parser("install", help="install a lock file exactly (and this package, editable, with --editable)")
     inst.add_argument("lock", type=Path)
+    inst.add_argument("--python", default=sys.executable, help="the environment's interpreter (default: this one)")
+    inst.add_argument("--editable", action="store_true", help="then install this checkout in editable mode")
     args = parser.parse_args(argv)
     if args.command == "install":
-        install(args.lock)
+        install(args.lock, args.python, args.editable)
         return 0
     cpu = dict(extras=["eval", "dev"], python="3.11", constraints=HERE / "cpu.in",
                overrides=HERE / "cpu-overrides.txt", sources=torch_cpu_source())

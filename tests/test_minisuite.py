@@ -24,9 +24,8 @@ MINI_TASK_DIR = REPO / "tasks" / "mini"
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("minisuite_a")
-    return out, minisuite.generate(out, seed=0)
+def suite(mini_suite) -> tuple[Path, dict]:
+    return mini_suite
 
 
 def _tables(data_dir: Path, split: str) -> dict[str, pa.Table]:

@@ -339,3 +339,18 @@ def test_paper_tasks_load_offline_from_the_local_cache(tmp_path):
                                              "word or phrase.", "f1": 1.0}
     assert out["gqa"] == {"n": 2, "prompt": "What color is it?\nAnswer the question using a single word or phrase.",
                           "pixel": [0, 0, 255], "scores": [1.0, 0.0]}
+
+
+def test_cluster_limit_takes_whole_clusters():
+    from mmmamba_bench.eval.tasks import cluster_limit
+
+    assert cluster_limit(["mini_sqa"], 5) == 5
+    assert cluster_limit(["mini_mme"], 5) == 6  # whole image pairs
+    assert cluster_limit(["mini_mme", "mini_mmbench"], 5) == 8  # pairs and circular groups of 4
+    assert cluster_limit(["mini_pope", "mini_mmbench", "mini_gqa"], 4) == 12  # all three POPE splits of an image
+    assert cluster_limit(MINI_TASKS, 13) == 24
+    assert cluster_limit(["paper_mme"], 3) == 4
+    assert cluster_limit(["mini_mme"], None) is None
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="--limit must be a positive integer"):
+            cluster_limit(["mini_mme"], bad)

@@ -14,6 +14,7 @@ overlay, :func:`include_paths`); the ``paper_*`` tasks read a local datasets cac
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -32,6 +33,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "paper_pope": ("paper_pope_adv", "paper_pope_pop", "paper_pope_random"),
 }
 KNOWN_TASKS: frozenset[str] = frozenset(MINI_TASKS) | frozenset(PAPER_TASKS)
+# Documents that are scored together, stored consecutively: a limited run must take whole clusters, or the headline
+# metric is undefined (MME's acc+ over an image's question pair) or skewed (MMBench's circular groups). The mini POPE
+# file stores each image's 4 random, 4 popular and 4 adversarial questions together, and f1_mean needs all 3 splits.
+DOC_CLUSTER: dict[str, int] = {"mini_mme": 2, "mini_mmbench": 4, "mini_pope": 12, "paper_mme": 2}
 
 # API_TYPE (lmms-eval's judge switch) -> the environment variables the judge client needs
 JUDGE_CREDENTIALS: dict[str, tuple[str, ...]] = {
@@ -111,6 +116,19 @@ def resolve_tasks(spec: str) -> list[str]:
     if not out:
         raise TaskSetupError([("*", f"empty task spec {spec!r}")])
     return out
+
+
+def cluster_limit(task_names: Iterable[str], limit: int | None) -> int | None:
+    """``limit`` rounded up so that every task's first ``limit`` documents are whole clusters (:data:`DOC_CLUSTER`).
+
+    None stays None (no limit); a limit below 1 is an error naming the value.
+    """
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"--limit must be a positive integer, got {limit!r}")
+    step = math.lcm(1, *(DOC_CLUSTER.get(t, 1) for t in task_names))
+    return -(-limit // step) * step
 
 
 def _mini_problems(task: str, data_dir: Path) -> list[str]:
