@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmmamba_bench.images import to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
@@ -52,7 +54,7 @@ def tile_image(image: Image.Image, image_size: int, max_num: int = 6, use_thumbn
 
 def to_tensor(tile: Image.Image, image_size: int) -> torch.Tensor:
     """PIL tile -> [3, S, S] float32, ImageNet-normalised."""
-    tile = tile.convert("RGB")
+    tile = to_rgb(tile)
     if tile.size != (image_size, image_size):
         tile = tile.resize((image_size, image_size), Image.BICUBIC)
     arr = np.asarray(tile, dtype=np.float32) / 255.0  # [S, S, 3]
@@ -62,7 +64,8 @@ def to_tensor(tile: Image.Image, image_size: int) -> torch.Tensor:
 
 def load_image(image: Image.Image, image_size: int, max_num: int = 6, use_thumbnail: bool = True) -> torch.Tensor:
     """One image -> pixel_values [N_tiles, 3, S, S]."""
-    tiles = tile_image(image.convert("RGB"), image_size, max_num, use_thumbnail) if max_num > 1 else [image]
+    image = to_rgb(image)
+    tiles = tile_image(image, image_size, max_num, use_thumbnail) if max_num > 1 else [image]
     return torch.stack([to_tensor(t, image_size) for t in tiles])
 
 

@@ -32,3 +32,34 @@ def test_chat_prompt():
                  "<|im_start|>assistant\n")
     assert chat_prompt("<image> left", 1, 1).startswith("<|im_start|>user\n<img><IMG_CONTEXT></img> left")
     assert chat_prompt("hi") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_high_bit_depth_images_are_scaled_not_clipped():
+    import io
+
+    import numpy as np
+    import pytest
+
+    from mmmamba_bench.images import to_rgb
+
+    ramp16 = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)  # 0, 1, 128, 255 in 8-bit
+    png = io.BytesIO()
+    Image.fromarray(ramp16).save(png, format="PNG")  # a real 16-bit greyscale PNG
+    opened = Image.open(png)
+    assert opened.mode.startswith("I;16")
+    assert np.asarray(opened.convert("RGB"))[0, 2, 0] == 255  # what PIL's convert does: clipped to white
+    rgb = np.asarray(to_rgb(opened))
+    assert rgb.shape == (1, 4, 3) and rgb[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    # 32-bit integer images: 8-bit range kept, 16-bit range scaled; float images in [0, 1] or [0, 255]
+    assert np.asarray(to_rgb(Image.fromarray(np.array([[0, 200]], np.int32))))[0, :, 0].tolist() == [0, 200]
+    assert np.asarray(to_rgb(Image.fromarray(np.array([[0, 65535]], np.int32))))[0, :, 0].tolist() == [0, 255]
+    assert np.asarray(to_rgb(Image.fromarray(np.array([[0.0, 0.5]], np.float32))))[0, :, 0].tolist() == [0, 128]
+    assert np.asarray(to_rgb(Image.fromarray(np.array([[0.0, 128.0]], np.float32))))[0, :, 0].tolist() == [0, 128]
+    with pytest.raises(ValueError, match="cannot tell its bit depth"):
+        to_rgb(Image.fromarray(np.array([[-5, 70000]], np.int32)))
+    # the model's input: a 16-bit mid-grey tile is mid-grey, not white
+    pv = load_image(Image.fromarray(np.full((56, 56), 32896, np.uint16)), 56, max_num=1)
+    assert torch.allclose(pv[0, 0], torch.full_like(pv[0, 0], (128 / 255 - IMAGENET_MEAN[0]) / 0.229), atol=1e-5)
+    # palette and alpha images go through convert("RGB") as the reference does
+    assert to_rgb(Image.new("P", (2, 2))).mode == "RGB" and to_rgb(Image.new("RGBA", (2, 2))).mode == "RGB"

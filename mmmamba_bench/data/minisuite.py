@@ -34,6 +34,7 @@ from PIL import Image
 from mmmamba_bench.data.minitasks import BUILDERS, Canvas, Item
 from mmmamba_bench.data.prompts import task_prompt
 from mmmamba_bench.data.sources import SPLITS, load_sources
+from mmmamba_bench.images import to_rgb
 
 SCHEMA_NAME = "mmmamba-bench/minisuite/v1"
 MANIFEST = "manifest.json"
@@ -203,13 +204,13 @@ def read_table(path: Path) -> pa.Table:
 
 
 def decode_image(data: bytes | None, where: str) -> Image.Image:
-    """PNG bytes -> RGB PIL image; a missing or corrupt image raises :class:`MiniSuiteDataError` naming ``where``."""
+    """PNG bytes -> 8-bit RGB PIL image (:func:`~mmmamba_bench.images.to_rgb`); a missing or corrupt image raises :class:`MiniSuiteDataError` naming ``where``."""
     if not data:
         raise MiniSuiteDataError(f"{where}: image is missing")
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im)
     except Exception as exc:  # PIL raises several unrelated types for bad data
         raise MiniSuiteDataError(f"{where}: image cannot be decoded ({type(exc).__name__}: {exc})") from exc
 

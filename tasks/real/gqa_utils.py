@@ -42,4 +42,4 @@ def gqa_process_docs(dataset: datasets.Dataset) -> datasets.Dataset:
 
 def gqa_doc_to_visual(doc: dict) -> list:
     images, index = image_table(_resolve_hf_datasets_cache_dir())
-    return [images[index[doc["imageId"]]]["image"].convert("RGB")]
+    return [images[index[doc["imageId"]]]["image"]]  # the adapter normalises mode and bit depth (images.to_rgb)
