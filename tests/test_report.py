@@ -172,10 +172,13 @@ def test_headline_single_mean_sum_and_scale():
     assert headline_value(metrics, Headline(("a",), "acc", scale=100.0)) == pytest.approx(50.0)
     assert headline_value(metrics, Headline(("a", "b", "c"), "acc", "mean", 100.0)) == pytest.approx(70.0)
     assert headline_value(metrics, Headline(("a", "b"), "acc", "sum")) == pytest.approx(1.2)
-    # any missing task, metric, or a non-number makes the whole headline missing
+    # any missing task or metric makes the whole headline missing (not evaluated) ...
     assert headline_value(metrics, Headline(("a", "b", "zzz"), "acc", "mean")) is None
     assert headline_value(metrics, Headline(("a",), "f1")) is None
-    assert headline_value({"a": {"acc,none": "N/A"}}, Headline(("a",), "acc")) is None
+    # ... but a headline metric that is there and not a finite number is an error, never a silent "-"
+    for bad in ("N/A", None, True, float("nan"), float("inf"), [0.5]):
+        with pytest.raises(ValueError, match="'acc,none' is .* not a finite number"):
+            headline_value({"a": {"acc,none": bad}}, Headline(("a",), "acc"))
     with pytest.raises(ValueError, match="unknown reduce"):
         headline_value(metrics, Headline(("a",), "acc", "median"))
 
@@ -424,3 +427,16 @@ def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.stdout.strip() == "[]"
+
+
+def test_report_refuses_a_non_numeric_headline_naming_the_file(tmp_path):
+    from mmmamba_bench.report.inputs import ReportInputError
+    from mmmamba_bench.report.scores import load_scores, score_frame
+
+    folder = tmp_path / "runs" / "m"
+    folder.mkdir(parents=True)
+    bad = folder / "20260101_000000_results.json"
+    bad.write_text(json.dumps({"results": {"mini_gqa": {"exact_match,none": "0.5"}},
+                               "config": {"model_args": "pretrained=/x/m,label=m"}}))
+    with pytest.raises(ReportInputError, match=r"20260101_000000_results.json: task 'mini_gqa': metric"):
+        score_frame(load_scores([tmp_path / "runs"]), "mini")

@@ -139,10 +139,22 @@ def load_scores(dirs: Iterable[Path]) -> dict[str, ModelScores]:
     return merge_results(load_results_file(p) for p in find_results_files(dirs))
 
 
+class MetricValueError(ValueError):
+    """A headline metric is present but is not a finite number (a failed or hand-edited run)."""
+
+    def __init__(self, task: str, metric: str, value: Any):
+        self.task = task
+        super().__init__(f"task {task!r}: metric {metric + FILTER_SUFFIX!r} is {value!r}, not a finite number")
+
+
 def _metric(metrics: Mapping[str, Mapping[str, Any]], task: str, metric: str) -> float | None:
-    value = metrics.get(task, {}).get(metric + FILTER_SUFFIX)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    """The value, None when the task or metric is absent (not evaluated); a present non-number is an error."""
+    task_metrics = metrics.get(task, {})
+    if metric + FILTER_SUFFIX not in task_metrics:
         return None
+    value = task_metrics[metric + FILTER_SUFFIX]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MetricValueError(task, metric, value)
     return float(value)
 
 
@@ -178,7 +190,10 @@ def score_frame(scores: Mapping[str, ModelScores], suite: str) -> pd.DataFrame:
     cols = suite_columns(suite)
     records = {}
     for label, s in scores.items():
-        row = {c.name: headline_value(s.metrics, h) for c, h in cols}
+        try:
+            row = {c.name: headline_value(s.metrics, h) for c, h in cols}
+        except MetricValueError as exc:
+            raise ReportInputError(f"{s.sources.get(exc.task, label)}: {exc}") from None
         if any(v is not None for v in row.values()):
             records[label] = row
     frame = pd.DataFrame.from_dict(records, orient="index", columns=[c.name for c, _ in cols], dtype=float)
