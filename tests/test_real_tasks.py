@@ -160,6 +160,16 @@ def test_mmvet_judge_without_a_score_is_an_error_not_a_zero(monkeypatch):
         config["process_results"](doc, ["4"])
     monkeypatch.setattr(builtin, "get_chat_response", lambda *a, **k: ("1.0", "gpt-judge"))
     assert config["process_results"](doc, ["4"])["gpt_eval_score"]["score"] == 1.0
+    # an answer without a number (lmms-eval's own hook records 0.0 then) or out of range: an error naming it
+    asked = []
+    monkeypatch.setattr(builtin, "get_chat_response",
+                        lambda *a, temperature=0.0, **k: (asked.append(temperature) or "Correct!", "gpt-judge"))
+    with pytest.raises(Exception, match="no score in \\[0, 1\\] for question 'v1' in 4 tries; its last answer: 'Correct!'"):
+        config["process_results"](doc, ["4"])
+    assert asked == [0.0, 0.5, 1.0, 1.5]
+    answers = iter(["1.5", "0.7 because it matches"])  # out of range, then a score: retried, then taken
+    monkeypatch.setattr(builtin, "get_chat_response", lambda *a, **k: (next(answers), "gpt-judge"))
+    assert config["process_results"](doc, ["4"])["gpt_eval_score"]["score"] == 0.7
 
 
 def test_cache_folder_names_follow_datasets_naming():
