@@ -131,7 +131,7 @@ def run(data_path: Path, name: str, overrides: dict, minutes: float, log_path: P
         cfg[k] = type(cfg[k])(v) if not isinstance(cfg[k], str) else v
     torch.set_num_threads(int(cfg["threads"]))
     device = cfg["device"] if (cfg["device"] != "cuda" or torch.cuda.is_available()) else "cpu"
-    data = torch.load(data_path, weights_only=False)
+    data = torch.load(data_path, weights_only=True)  # plain containers of bytes / str / int: no code can run
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tokenizer.json").write_text(data["tokenizer_json"])
         tok = load_tokenizer(tmp)

@@ -77,19 +77,117 @@ def test_row_freeze_keeps_frozen_rows_bit_identical_under_adamw_decay():
     assert (w.detach()[rows] != before[rows]).all()
 
 
-def test_corrupt_or_foreign_checkpoint_is_detected(tmp_path):
+def _payload(step: int) -> dict:
+    """A real training payload: AdamW state after one step, RNG states, a data position."""
+    import random
+
+    from mmmamba_bench.train.state import rng_state
+
+    torch.manual_seed(step)
+    random.seed(step)
+    w = torch.nn.Parameter(torch.randn(3, 2))
+    b = torch.nn.Parameter(torch.randn(2))
+    opt = torch.optim.AdamW([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}], lr=1e-3)
+    (w.sum() * b.sum()).backward()
+    opt.step()
+    return {"step": step, "params": {"w": w.detach().clone(), "b": b.detach().clone()},
+            "optimizer": opt.state_dict(), "rng": rng_state(), "data_position": [0, step]}
+
+
+def _assert_same_payload(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and list(a["data_position"]) == list(b["data_position"])
+    assert a["params"].keys() == b["params"].keys()
+    assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys() and all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i])
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"]) and a["rng"]["python"] == b["rng"]["python"]
+
+
+def test_checkpoint_round_trip_without_pickle(tmp_path):
     ck = TrainCheckpoint(tmp_path, "tag-a")
-    ck.save({"step": 3, "params": {"w": torch.ones(2)}})
-    assert ck.load()["step"] == 3
+    assert not ck.exists()
+    saved = _payload(3)
+    folder = ck.save(saved)
+    assert folder.name == "checkpoint-00000003" and sorted(p.name for p in folder.iterdir()) == [
+        "state.json", "tensors.safetensors"]
+    loaded = ck.load()
+    _assert_same_payload(saved, loaded)
+    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(3, 2))]},
+                             {"params": [torch.nn.Parameter(torch.zeros(2))]}])
+    opt.load_state_dict(loaded["optimizer"])  # what the training loop does with it
+    assert opt.state_dict()["param_groups"] == saved["optimizer"]["param_groups"]
+    ck.save(_payload(6))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-00000006"]  # the older one is gone, no temp left
+
+
+def test_corrupt_foreign_or_pickled_checkpoint_is_refused(tmp_path):
+    ck = TrainCheckpoint(tmp_path / "a", "tag-a")
+    folder = ck.save(_payload(3))
     with pytest.raises(CorruptCheckpointError, match="another run"):
-        TrainCheckpoint(tmp_path, "tag-b").load()
-    data = ck.path.read_bytes()
-    ck.path.write_bytes(data[: len(data) // 2])  # truncated
+        TrainCheckpoint(tmp_path / "a", "tag-b").load()
+    data = (folder / "tensors.safetensors").read_bytes()
+    (folder / "tensors.safetensors").write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(CorruptCheckpointError, match="sha256"):
         ck.load()
-    ck.meta_path.unlink()
-    with pytest.raises(CorruptCheckpointError, match="interrupted save"):
+    (folder / "state.json").unlink()
+    with pytest.raises(CorruptCheckpointError, match="unreadable"):
         ck.load()
+    # an old-format pickle is never unpickled, whatever it holds
+    legacy = tmp_path / "b"
+    legacy.mkdir()
+    (legacy / "train_state.pt").write_bytes(b"\x80\x04crafted pickle")
+    with pytest.raises(CorruptCheckpointError, match="old pickled format, which is never loaded"):
+        TrainCheckpoint(legacy, "tag-a").exists()
+
+
+@pytest.mark.parametrize("fail_at", ["tensors", "meta", "rename"])
+def test_a_crash_while_saving_keeps_the_last_complete_checkpoint(tmp_path, monkeypatch, fail_at):
+    import os
+
+    import safetensors.torch
+
+    from mmmamba_bench.train import state
+
+    ck = TrainCheckpoint(tmp_path, "tag-a")
+    first = _payload(3)
+    ck.save(first)
+
+    class Killed(BaseException):  # like a signal: not an Exception
+        pass
+
+    def boom(*a, **k):
+        raise Killed
+
+    if fail_at == "tensors":
+        monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    elif fail_at == "meta":
+        monkeypatch.setattr(state, "file_sha256", boom)
+    else:
+        monkeypatch.setattr(os, "rename", boom)
+    with pytest.raises(Killed):
+        ck.save(_payload(6))
+    monkeypatch.undo()
+    _assert_same_payload(first, ck.load())  # the step-3 checkpoint, complete
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-00000003"]
+
+
+def test_disk_full_is_said_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from mmmamba_bench.train.state import DiskFullError
+
+    ck = TrainCheckpoint(tmp_path, "tag-a")
+    ck.save(_payload(3))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DiskFullError, match=r"disk full: .* needs about .* MiB, but only 0.0 MiB are free"):
+        ck.save(_payload(6))
+    monkeypatch.undo()
+    assert ck.load()["step"] == 3 and len(list(tmp_path.iterdir())) == 1
 
 
 # ---- the tiny teacher --------------------------------------------------------------------------------------------
