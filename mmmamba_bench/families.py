@@ -17,9 +17,10 @@ its layout; a teacher written by ``train-teacher`` is HoVLE.
 
 :func:`stamp_released_fields` writes what each family's released config classes need, where their defaults differ
 from what we implement: ``use_ls: false`` (HolisticEmbeddingConfig defaults to true, then refuses to build),
-``bias: false`` in the InternLM2 ``llm_config`` (InternLM2Config defaults to true: biases on ``wqkv`` / ``wo``), the
-sub-config ``model_type`` / ``architectures`` / ``auto_map``, ``rope_scaling`` as exactly ``{"type", "factor":
-float}`` (InternLM2Config validates that), ``llm_hidden_size`` and ``torch_dtype``.
+``bias`` / ``attention_bias`` / ``mlp_bias: false`` in both sub-configs (InternLM2Config's ``bias`` defaults to
+true: biases on ``wqkv`` / ``wo``), the sub-config ``model_type`` / ``architectures`` / ``auto_map``,
+``rope_scaling`` as exactly ``{"type", "factor": float}`` (InternLM2Config validates that), ``llm_hidden_size`` and
+``torch_dtype``.
 
 :func:`check_implemented` refuses fields whose released meaning changes the architecture in a way this project
 does not implement (biases, LayerScale, LoRA wrappers, an unknown pixel-shuffle version).
@@ -105,6 +106,11 @@ def family_of(model_type: str | None, block_types: list[str], where: str = "conf
     return FAMILIES[MMMAMBA] if has_mamba else FAMILIES[HOVLE]
 
 
+# Sub-config fields that, when true, add parameters (and math) our layers do not have. HoVLE's InternLM2 puts
+# biases on wqkv / wo when ``bias`` is true (its default!); HolisticEmbedding does so for ``attention_bias``.
+_BIAS_FIELDS = ("bias", "attention_bias", "mlp_bias")
+
+
 def _names_class(value: Any, class_name: str) -> bool:
     """``value`` is ``class_name`` as a string or a one-element list (both spellings occur in released files)."""
     return value == class_name or value == [class_name]
@@ -136,8 +142,6 @@ def stamp_released_fields(data: dict[str, Any], family: Family, torch_dtype: str
 
     emb["model_type"] = family.embedding_model_type
     emb["use_ls"] = False
-    emb["attention_bias"] = False
-    emb["mlp_bias"] = False
     if emb.get("llm_hidden_size") is None:
         emb["llm_hidden_size"] = emb["hidden_size"]
 
@@ -145,9 +149,10 @@ def stamp_released_fields(data: dict[str, Any], family: Family, torch_dtype: str
     if not _names_class(llm.get("architectures"), family.llm_class_name):
         llm["architectures"] = family.llm_architectures
     llm["auto_map"] = {**(llm.get("auto_map") or {}), **family.llm_auto_map}
-    llm["bias"] = False
 
     for sub in (emb, llm):
+        for key in _BIAS_FIELDS:  # every bias switch of the released (LLaMA-derived) config classes: off
+            sub[key] = False
         sub["rope_scaling"] = _rope_scaling_on_disk(sub.get("rope_scaling"))
         if not family.block_types_on_disk:
             sub.pop("layers_block_type", None)  # HoVLE: every layer is attention
@@ -158,9 +163,6 @@ def stamp_released_fields(data: dict[str, Any], family: Family, torch_dtype: str
 
 # ---- fields we refuse -------------------------------------------------------------------------------------------
 
-# Sub-config fields that, when true, add parameters (and math) our layers do not have. HoVLE's InternLM2 puts
-# biases on wqkv / wo when ``bias`` is true (its default!); HolisticEmbedding does so for ``attention_bias``.
-_BIAS_FIELDS = ("bias", "attention_bias", "mlp_bias")
 # Pixel-shuffle versions the released code loads: it applies the v2 shuffle whatever ps_version says.
 PS_VERSIONS = ("v1", "v2")
 

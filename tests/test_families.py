@@ -26,6 +26,7 @@ HOVLE_TOP = {"model_type": "internvl_chat", "architectures": ["InternVLChatModel
                           "AutoModel": "modeling_internvl_chat.InternVLChatModel",
                           "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel"}}
 HOVLE_LLM = {"model_type": "internlm2", "architectures": ["InternLM2ForCausalLM"], "bias": False,
+             "attention_bias": False, "mlp_bias": False,
              "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
                           "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
                           "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}
@@ -34,6 +35,7 @@ MMMAMBA_TOP = {"model_type": "mmMamba_chat", "architectures": "mmMambaChatModel"
                             "AutoModel": "modeling_mmMamba_chat.mmMambaChatModel",
                             "AutoModelForCausalLM": "modeling_mmMamba_chat.mmMambaChatModel"}}
 MMMAMBA_LLM = {"model_type": "mmMamba", "architectures": "mmMambaForCausalLM", "bias": False,
+               "attention_bias": False, "mlp_bias": False,
                "auto_map": {"AutoConfig": "configuration_mmMamba.mmMambaConfig",
                             "AutoModel": "modeling_mmMamba.mmMambaForCausalLM",
                             "AutoModelForCausalLM": "modeling_mmMamba.mmMambaForCausalLM"}}
