@@ -100,6 +100,10 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", dtyp
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
                                   f"expected {tuple(shape)} from config.json")
     unexpected = sorted(n for n in set(tensors) - set(expected) if not n.endswith(IGNORED_SUFFIXES))
+    dropped = tensors_of_built_modules(model, unexpected)
+    if dropped:
+        raise CheckpointError(f"{path}: tensor(s) {dropped[:8]} belong to modules this config builds without them "
+                              f"(e.g. attention biases): loading without them would change the model")
     if unexpected:
         # Tolerated (a real checkpoint may carry extras), but said out loud and kept on the model.
         shown = ", ".join(unexpected[:8]) + (f" ... ({len(unexpected)} in all)" if len(unexpected) > 8 else "")
@@ -110,6 +114,25 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", dtyp
     model.ignored_tensors = unexpected  # type: ignore[attr-defined]
     model.set_ssd_backend(ssd_backend)
     return model
+
+
+def tensors_of_built_modules(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """Those of ``names`` (tensors the model has no parameter for) whose owning module the model does build.
+
+    ``...attention.wqkv.bias`` against a bias-free ``wqkv``: dropping it would silently change the computation. A
+    tensor of a module the model does not have (``...rotary_emb.inv_freq``, a released extra) is not listed.
+    """
+    modules = {name for name, _ in model.named_modules()}
+    return sorted(n for n in names if n.rpartition(".")[0] in modules)
+
+
+def state_dtype_name(state: dict[str, torch.Tensor]) -> str:
+    """The one floating dtype of ``state`` as config.json's ``torch_dtype`` spells it ("float32", "bfloat16")."""
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) != 1:
+        raise CheckpointError(f"tensors to write must share one floating dtype (config.json's torch_dtype), "
+                              f"found {sorted(str(d) for d in dtypes)}")
+    return str(dtypes.pop()).removeprefix("torch.")
 
 
 def save_model(model: MMMambaChatModel, out_dir: str | os.PathLike, *, dtype: torch.dtype | None = None,
@@ -129,14 +152,19 @@ def save_model(model: MMMambaChatModel, out_dir: str | os.PathLike, *, dtype: to
 def save_checkpoint(config: ChatConfig, state: dict[str, torch.Tensor], out_dir: str | os.PathLike, *,
                     max_shard_bytes: int | None = None, overwrite: bool = False,
                     side_files_from: str | os.PathLike | None = None) -> Path:
-    """Write a config and a state dict in the released layout, atomically (see :func:`save_model`)."""
+    """Write a config and a state dict in the released layout, atomically (see :func:`save_model`).
+
+    config.json carries what the family's released code needs (``ChatConfig.to_dict``) and ``torch_dtype``, the
+    dtype of the tensors written.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"output directory already exists: {out_dir} (pass overwrite=True / --overwrite)")
+    dtype_name = state_dtype_name(state)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
-        (tmp / "config.json").write_text(config.to_json_string())
+        (tmp / "config.json").write_text(config.to_json_string(torch_dtype=dtype_name))
         _write_tensors(tmp, state, max_shard_bytes)
         if side_files_from is not None:
             for name in SIDE_FILES:

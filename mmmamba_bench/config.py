@@ -7,7 +7,8 @@ stack of decoder layers) and ``llm_config`` (the language model). Both stacks sh
 Mamba-2 mixer), listed in ``layers_block_type`` (absent in a HoVLE checkpoint, meaning all ``"mha"``).
 
 Unknown fields are kept in ``extra`` and written back unchanged, so a real checkpoint's config survives a
-load/save round trip.
+load/save round trip. Which released code a config belongs to (HoVLE or mmMamba), what is written for it and which
+fields are refused: :mod:`mmmamba_bench.families`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+# ConfigError, HOVLE and MMMAMBA are also this module's public names
+from mmmamba_bench.families import (FAMILIES, HOVLE, MMMAMBA, PS_VERSIONS, ConfigError, Family, check_implemented,
+                                    family_of, stamp_released_fields)
+
 BLOCK_TYPES = ("mha", "mamba2")
-
-
-class ConfigError(ValueError):
-    """A config.json that cannot describe a model: the message names the file and the field."""
 
 
 @dataclass(kw_only=True)
@@ -146,11 +147,15 @@ class LLMConfig(StackConfig):
 
 @dataclass(kw_only=True)
 class ChatConfig:
-    """The top-level config.json of a HoVLE / mmMamba checkpoint."""
+    """The top-level config.json of a HoVLE / mmMamba checkpoint.
+
+    ``ps_version`` may be "v1" or "v2": the released code applies InternVL's v2 pixel shuffle whatever it says, and so
+    does this project.
+    """
 
     embedding_config: EmbeddingConfig
     llm_config: LLMConfig
-    model_type: str = "mmMamba_chat"
+    model_type: str = "mmMamba_chat"  # with the layer types, decides the family (see ``family``)
     architectures: str | list[str] = "mmMambaChatModel"
     template: str = "internlm2-chat"
     downsample_ratio: float = 0.5
@@ -185,8 +190,38 @@ class ChatConfig:
             return "linear"
         return "hybrid"
 
+    @property
+    def family(self) -> Family:
+        """The released code this checkpoint belongs to: ``FAMILIES["HoVLE"]`` or ``FAMILIES["mmMamba"]``.
+
+        ``mmMamba_chat`` or any Mamba-2 layer: mmMamba; otherwise (``internvl_chat``, the legacy ``hovle``, ...): HoVLE.
+        """
+        return family_of(self.model_type, self.block_types)
+
+    @property
+    def applies_rope_scaling(self) -> bool:
+        """Whether attention honours ``rope_scaling`` past ``max_position_embeddings`` (both stacks).
+
+        True for HoVLE (its InternLM2 attention builds dynamic-NTK / linear rotary embeddings); false for mmMamba,
+        whose attention layers build their rotary embedding from ``rope_theta`` alone.
+        """
+        return self.family.applies_rope_scaling
+
+    def with_family(self, name: str) -> "ChatConfig":
+        """A copy that belongs to family ``name`` (``HOVLE`` / ``MMMAMBA``): that family's ``model_type`` and
+        ``architectures``."""
+        fam = FAMILIES[name]
+        new = copy.deepcopy(self)
+        new.model_type = fam.model_type
+        new.architectures = copy.deepcopy(fam.architectures)
+        new.validate("config")
+        return new
+
     def with_block_types(self, block_types: list[str]) -> "ChatConfig":
-        """A copy whose global layer list is ``block_types`` (embedding layers first)."""
+        """A copy whose global layer list is ``block_types`` (embedding layers first).
+
+        A layout with a Mamba-2 layer makes the copy an mmMamba config (HoVLE's code has no Mamba-2 mixer).
+        """
         n_emb = self.embedding_config.num_hidden_layers
         if len(block_types) != self.num_layers:
             raise ConfigError(f"layout has {len(block_types)} layers but the model has {self.num_layers} "
@@ -194,14 +229,18 @@ class ChatConfig:
         new = copy.deepcopy(self)
         new.embedding_config.layers_block_type = list(block_types[:n_emb])
         new.llm_config.layers_block_type = list(block_types[n_emb:])
+        if "mamba2" in block_types and self.family.name == HOVLE:
+            new = new.with_family(MMMAMBA)
         new.validate("config")
         return new
 
     def validate(self, where: str = "config.json") -> None:
         self.embedding_config.validate(f"{where}: embedding_config")
         self.llm_config.validate(f"{where}: llm_config")
-        if self.ps_version != "v2":
-            raise ConfigError(f"{where}: ps_version {self.ps_version!r} is not supported (only 'v2')")
+        if self.ps_version not in PS_VERSIONS:
+            raise ConfigError(f"{where}: ps_version {self.ps_version!r} is not supported (only {PS_VERSIONS}; the "
+                              f"released code applies the v2 pixel shuffle for both)")
+        family_of(self.model_type, self.block_types, where)
         if self.embedding_config.hidden_size != self.llm_config.hidden_size:
             raise ConfigError(f"{where}: embedding_config.hidden_size {self.embedding_config.hidden_size} differs "
                               f"from llm_config.hidden_size {self.llm_config.hidden_size}")
@@ -217,6 +256,7 @@ class ChatConfig:
         for key in ("embedding_config", "llm_config"):
             if key not in data:
                 raise ConfigError(f"{where}: missing field {key!r}")
+        check_implemented(data, where)
         emb = _dataclass_from_dict(EmbeddingConfig, data["embedding_config"], f"{where}: embedding_config")
         llm = _dataclass_from_dict(LLMConfig, data["llm_config"], f"{where}: llm_config")
         top = {k: v for k, v in data.items() if k not in ("embedding_config", "llm_config")}
@@ -224,11 +264,16 @@ class ChatConfig:
         cfg.validate(where)
         return cfg
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, torch_dtype: str | None = None) -> dict[str, Any]:
+        """The config.json dict, with what this config's family's released code needs (``stamp_released_fields``).
+
+        torch_dtype: the dtype of the tensors written beside it ("float32", "bfloat16", ...), recorded as
+        ``torch_dtype``; None keeps whatever was read.
+        """
         out = _dataclass_to_dict(self, skip=("embedding_config", "llm_config"))
         out["embedding_config"] = _dataclass_to_dict(self.embedding_config)
         out["llm_config"] = _dataclass_to_dict(self.llm_config)
-        return out
+        return stamp_released_fields(out, self.family, torch_dtype)
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> "ChatConfig":
@@ -241,8 +286,8 @@ class ChatConfig:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data, where=str(path))
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+    def to_json_string(self, torch_dtype: str | None = None) -> str:
+        return json.dumps(self.to_dict(torch_dtype), indent=2) + "\n"
 
 
 # Fields without a default that a config.json must contain; everything else has the HoVLE default.
@@ -337,7 +382,7 @@ def make_config(*, hidden: int, heads: int, kv_heads: int, emb_layers: int, llm_
     return cfg
 
 
-def _hovle_base(model_type: str) -> ChatConfig:
+def _hovle_base(model_type: str = "internvl_chat") -> ChatConfig:
     # HoVLE-2.6B: 8 embedding layers + 24 LM layers, hidden 2048, 16 heads / 8 KV heads, MLP 8192, vocab 92553.
     return make_config(hidden=2048, heads=16, kv_heads=8, emb_layers=8, llm_layers=24, intermediate=8192,
                        vocab=92553, image_size=448, patch_size=14, normalize_encoder_output=True,
@@ -350,7 +395,7 @@ def preset(name: str) -> ChatConfig:
     from mmmamba_bench.layouts import parse_layout
 
     if name == "hovle-2.6b":
-        return _hovle_base("hovle")
+        return _hovle_base()
     if name == "mmmamba-linear":
         return _hovle_base("mmMamba_chat").with_block_types(parse_layout("linear", 32))
     if name == "mmmamba-hybrid":
@@ -358,12 +403,12 @@ def preset(name: str) -> ChatConfig:
     if name == "tiny":
         return make_config(hidden=64, heads=4, kv_heads=2, emb_layers=2, llm_layers=2, intermediate=128,
                            vocab=128, image_size=56, patch_size=14, max_position_embeddings=512,
-                           rope_theta=10_000.0, model_type="hovle")
+                           rope_theta=10_000.0, model_type="internvl_chat")
     if name == "demo":
         # The embedded default of `mmmamba-bench demo`: small enough to train on 2 CPU cores in minutes.
         return make_config(hidden=128, heads=4, kv_heads=2, emb_layers=2, llm_layers=4, intermediate=384,
                            vocab=512, image_size=64, patch_size=8, normalize_encoder_output=True,
-                           max_position_embeddings=2048, rope_theta=10_000.0, model_type="hovle")
+                           max_position_embeddings=2048, rope_theta=10_000.0, model_type="internvl_chat")
     raise KeyError(f"unknown preset {name!r}; choose from {PRESETS}")
 
 

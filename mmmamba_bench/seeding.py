@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mmmamba_bench.checkpoint import read_state_dict, save_checkpoint
-from mmmamba_bench.config import ChatConfig, StackConfig
+from mmmamba_bench.config import MMMAMBA, ChatConfig, StackConfig
 from mmmamba_bench.layouts import parse_layout
 from mmmamba_bench.model.attention import split_wqkv
 
@@ -120,7 +120,7 @@ def seed_state_dict(teacher_config: ChatConfig, teacher: dict[str, torch.Tensor]
     if init not in INIT_STRATEGIES:
         raise SeedingError(f"unknown init strategy {init!r}; choose from {INIT_STRATEGIES}")
     types = parse_layout(layout, teacher_config.num_layers) if isinstance(layout, str) else list(layout)
-    student_config = teacher_config.with_block_types(types)
+    student_config = teacher_config.with_family(MMMAMBA).with_block_types(types)  # a student is mmMamba, any layout
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     converted: set[str] = set()
@@ -143,7 +143,8 @@ def convert(teacher: str | os.PathLike, out: str | os.PathLike, layout: str = "l
             seed: int = 0, overwrite: bool = False, max_shard_bytes: int | None = None) -> Path:
     """Seed a student checkpoint from a Transformer teacher directory; writes the released layout to ``out``.
 
-    The output's config has ``layers_block_type`` filled in for both stacks and loads with ``load_model``.
+    The output's config is an mmMamba one (``mmMamba_chat``, whatever the layout) with ``layers_block_type`` filled
+    in for both stacks, and loads with ``load_model``.
     Tokenizer files are copied along.
     """
     teacher, out = Path(teacher), Path(out)

@@ -139,7 +139,7 @@ def run(data_path: Path, name: str, overrides: dict, minutes: float, log_path: P
     mc = make_config(hidden=cfg["hidden"], heads=cfg["heads"], kv_heads=cfg["kv_heads"], emb_layers=cfg["emb_layers"],
                      llm_layers=cfg["llm_layers"], intermediate=cfg["intermediate"], vocab=vocab, image_size=64,
                      patch_size=cfg["patch_size"], normalize_encoder_output=bool(cfg["norm"]),
-                     max_position_embeddings=2048, rope_theta=10_000.0, model_type="hovle")
+                     max_position_embeddings=2048, rope_theta=10_000.0, model_type="internvl_chat")
     proc = Processor(tok, mc, max_tiles=1)
     tasks = set(cfg["tasks"].split(",")) if cfg["tasks"] else None
     keep = (lambda r: tasks is None or r[0] in tasks)

@@ -137,6 +137,7 @@ def make_config(cfg: TinyConfig) -> dict:
         "rope_theta": cfg.llm_rope_theta,
         "vocab_size": cfg.llm_vocab_size,
         "tie_word_embeddings": False,
+        "bias": False,  # InternLM2Config's default is true (biases on wqkv / wo); the released file says false
     }
     if not cfg.all_attention:  # a HoVLE checkpoint (all attention) has no layers_block_type
         embedding_config["layers_block_type"] = list(cfg.embedding_layers)

@@ -320,6 +320,11 @@ class SpecReference:
         self.config, self.weights = load_checkpoint(path)
         self.emb_config = self.config["embedding_config"]
         self.llm_config = self.config["llm_config"]
+        # Spec, "Checked against the released code": mmMamba's attention layers build their rotary embedding from
+        # rope_theta alone (rope_scaling ignored, in both stacks); HoVLE's InternLM2 attention applies rope_scaling.
+        if self.config.get("model_type") == "mmMamba_chat":
+            self.emb_config = {**self.emb_config, "rope_scaling": None}
+            self.llm_config = {**self.llm_config, "rope_scaling": None}
         self.mistakes = frozenset(mistakes)
         unknown = self.mistakes - KNOWN_MISTAKES
         assert not unknown, unknown

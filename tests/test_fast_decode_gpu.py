@@ -17,10 +17,12 @@ LAYOUTS = {"linear": ["mamba2"] * 4, "hybrid": ["mha", "mamba2", "mamba2", "mha"
 
 def _model(kind: str, seed: int = 0) -> MMMambaChatModel:
     """HoVLE's layer shapes (hidden 2048, 16 / 8 heads of 128, MLP 8192, vocab 92553), 2 + 2 layers, dynamic NTK
-    RoPE with a short max_position so the decode crosses into the scaled regime."""
+    RoPE with a short max_position so the decode crosses into the scaled regime (applied by the HoVLE-family
+    transformer; the mmMamba-family linear / hybrid models ignore rope_scaling, as their released code does)."""
     cfg = make_config(hidden=2048, heads=16, kv_heads=8, emb_layers=2, llm_layers=2, intermediate=8192, vocab=92553,
                       image_size=448, patch_size=14, block_types=LAYOUTS[kind], normalize_encoder_output=True,
-                      max_position_embeddings=320, rope_scaling={"type": "dynamic", "factor": 2.0})
+                      max_position_embeddings=320, rope_scaling={"type": "dynamic", "factor": 2.0},
+                      model_type="internvl_chat" if kind == "transformer" else "mmMamba_chat")
     gen = torch.Generator().manual_seed(seed)
     with torch.device("cuda"):
         model = MMMambaChatModel(cfg)

@@ -42,7 +42,11 @@ class SwiGLU(nn.Module):
 
 
 class Rotary:
-    """Rotate-half RoPE tables for one stack, honouring ``rope_scaling`` (dynamic NTK or linear).
+    """Rotate-half RoPE tables for one stack; ``rope_scaling`` (dynamic NTK or linear) only where the family applies it.
+
+    Which rule follows the checkpoint's released code (``ChatConfig.applies_rope_scaling``): HoVLE's InternLM2
+    attention applies ``rope_scaling``; mmMamba's attention layers build their rotary embedding from ``rope_theta``
+    alone, so for mmMamba (``apply_scaling=False``) the tables are the plain ones at every length.
 
     Dynamic NTK (InternLM2 / HF): when the sequence seen so far is longer than ``max_position_embeddings``,
     base = theta * ((factor * seq_len / max_pos) - (factor - 1)) ** (hd / (hd - 2)). Below that length the tables
@@ -51,13 +55,22 @@ class Rotary:
     their earlier rotation), which is what this reproduces.
     """
 
-    def __init__(self, cfg: StackConfig):
+    def __init__(self, cfg: StackConfig, apply_scaling: bool):
         self.head_dim = cfg.head_dim
         self.theta = float(cfg.rope_theta)
         self.max_pos = cfg.max_position_embeddings
-        scaling = cfg.rope_scaling or {}
-        self.kind = scaling.get("type", scaling.get("rope_type"))
+        scaling = (cfg.rope_scaling or {}) if apply_scaling else {}
+        self.kind = scaling.get("type", scaling.get("rope_type"))  # None: plain theta
         self.factor = float(scaling.get("factor", 1.0))
+        self.ignored = cfg.rope_scaling is not None and not apply_scaling
+
+    @property
+    def label(self) -> str:
+        """The rule in use, for ``CodePath.rope``: "theta", "dynamic x2.0", "linear x4.0" or "theta (rope_scaling
+        ignored)"."""
+        if self.kind is not None:
+            return f"{self.kind} x{self.factor:g}"
+        return "theta (rope_scaling ignored)" if self.ignored else "theta"
 
     def inv_freq(self, seq_len: int, device: torch.device) -> torch.Tensor:
         base = self.theta

@@ -73,11 +73,12 @@ class CodePath:
     attention: str = "sdpa"
     conv: str = "torch"
     graph: str = "none"
+    rope: str = "theta"  # the RoPE rule of the checkpoint's family (Rotary.label), e.g. "dynamic x2.0"
     extra: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, str]:
         out = {"ssd_scan": self.ssd_scan, "ssd_step": self.ssd_step, "attention": self.attention,
-               "conv": self.conv, "graph": self.graph}
+               "conv": self.conv, "graph": self.graph, "rope": self.rope}
         out.update(self.extra)
         return out
 
@@ -90,10 +91,14 @@ class MMMambaChatModel(nn.Module):
         self.config = config
         self.embedding_model = HolisticEmbedding(config.embedding_config, build_layers(config.embedding_config))
         self.language_model = LanguageModel(config.llm_config)
-        self._rotary = (Rotary(config.embedding_config), Rotary(config.llm_config))
+        # RoPE per stack, by the family's rule (HoVLE applies rope_scaling, mmMamba uses rope_theta alone)
+        scaling = config.applies_rope_scaling
+        self._rotary = (Rotary(config.embedding_config, scaling), Rotary(config.llm_config, scaling))
         self._backend: SSDBackend | None = None
         self._backend_name = ssd_backend
-        self.code_path = CodePath()
+        labels = [r.label for r in self._rotary]
+        self.code_path = CodePath(rope=labels[0] if labels[0] == labels[1] else
+                                  f"embedding {labels[0]}; llm {labels[1]}")
 
     # ---- structure -------------------------------------------------------------------------------------------
     @property

@@ -153,7 +153,8 @@ def _paper(model, context: int, s: ProfileSettings, meter: MemoryMeter) -> _Timi
     nvml = nvml_used_bytes(device)
     path = {"ssd_scan": model.code_path.ssd_scan, "ssd_step": model.code_path.ssd_step if model.config.kind != "transformer"
             else "-", "attention": "sdpa", "gemv": "torch (nn.Linear)", "decode": "hf-style-eager",
-            "cache": "concat (DynamicCache-like)", "graph": "none", "prefill": "one-shot", "timing": "host-synced"}
+            "cache": "concat (DynamicCache-like)", "graph": "none", "prefill": "one-shot", "timing": "host-synced",
+            "rope": model.code_path.rope}
     del dec
     return _Timing(prefill_s, step_ms, peak_prefill, peak_decode, nvml, path,
                    {"event_ms_median": statistics.median(event_ms)})

@@ -50,7 +50,7 @@ def teacher_config(recipe: TeacherRecipe, vocab_size: int) -> ChatConfig:
                        llm_layers=m.llm_layers, intermediate=m.intermediate, vocab=vocab_size,
                        image_size=m.image_size, patch_size=m.patch_size, normalize_encoder_output=m.normalize_encoder_output,
                        max_position_embeddings=m.max_position_embeddings, rope_theta=m.rope_theta,
-                       model_type="hovle")
+                       model_type="internvl_chat")
 
 
 @torch.no_grad()
