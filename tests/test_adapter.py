@@ -106,3 +106,16 @@ def test_entry_point_finds_the_adapter():
     from lmms_eval.models import get_model
 
     assert get_model("mmmamba") is MMMambaLMM
+
+
+def test_lmms_eval_start_up_does_not_import_the_package():
+    """lmms-eval loads every model entry point at start-up: ours must not import mmmamba_bench (whose import
+    registers `internvl_chat` with transformers) in a run of another model."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from lmms_eval.models import MODEL_REGISTRY_V2 as r; "
+            "print('mmmamba' in r.list_model_names(), r.get_manifest('mmmamba').simple_class_path, "
+            "'mmmamba_bench' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "mmmamba_bench.eval.adapter.MMMambaLMM", "False"]

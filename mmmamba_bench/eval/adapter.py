@@ -1,6 +1,6 @@
 """The lmms-eval model adapter: any checkpoint ``load_model`` reads, as lmms-eval model ``mmmamba``.
 
-Registered through the ``lmms_eval.models`` entry point (see pyproject.toml), so both
+Registered through the ``lmms_eval.models`` entry point (the top-level module ``mmmamba_bench_lmms_eval``), so both
 ``lmms-eval --model mmmamba --model_args pretrained=PATH[,label=NAME,device=cuda,dtype=bfloat16,batch_size=8]``
 and ``mmmamba-bench eval`` find it. ``pretrained`` may also name a model card in ``models/`` (e.g.
 ``pretrained=mmmamba-linear``).
@@ -22,15 +22,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = "mmmamba"
-
-
-def manifest():
-    """Entry-point payload for lmms-eval's model registry."""
-    from lmms_eval.models.registry_v2 import ModelManifest
-
-    return ModelManifest(model_id=MODEL_ID, simple_class_path="mmmamba_bench.eval.adapter.MMMambaLMM",
-                         aliases=("mmmamba_bench",))
+MODEL_ID = "mmmamba"  # lmms-eval's name for this adapter (registered by the top-level mmmamba_bench_lmms_eval)
 
 
 @dataclass(frozen=True)
