@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,9 +27,9 @@ log = logging.getLogger(__name__)
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 # Tokenizer / remote-code files copied along when a model is converted or re-saved.
+# Never code: a checkpoint's *.py files (e.g. tokenization_internlm2.py) are not copied, and never executed.
 SIDE_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "added_tokens.json", "generation_config.json", "tokenization_internlm2.py",
-              "tokenization_internlm2_fast.py")
+              "added_tokens.json", "generation_config.json")
 # Keys some checkpoints carry that the model recomputes (ignored on load).
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -137,21 +138,25 @@ def state_dtype_name(state: dict[str, torch.Tensor]) -> str:
 
 def save_model(model: MMMambaChatModel, out_dir: str | os.PathLike, *, dtype: torch.dtype | None = None,
                max_shard_bytes: int | None = None, overwrite: bool = False,
-               side_files_from: str | os.PathLike | None = None) -> Path:
+               side_files_from: str | os.PathLike | None = None,
+               before_publish: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` in the released layout: config.json + model.safetensors (or shards + index).
 
     The directory is assembled under a temporary name next to ``out_dir`` and renamed into place, so an
     interrupted save leaves no partial checkpoint. An existing ``out_dir`` is refused unless ``overwrite``.
-    side_files_from: a directory whose tokenizer / remote-code files are copied along (see ``SIDE_FILES``).
+    side_files_from: a directory whose tokenizer files are copied along (see ``SIDE_FILES``; never code).
+    before_publish: called with the finished temporary directory just before it is renamed into place, to add files
+    that must appear together with the weights (e.g. the stage record), so they are published as one unit.
     """
     state = {n: t.detach().to("cpu", dtype=dtype or t.dtype).contiguous() for n, t in model.state_dict().items()}
     return save_checkpoint(model.config, state, out_dir, max_shard_bytes=max_shard_bytes, overwrite=overwrite,
-                           side_files_from=side_files_from)
+                           side_files_from=side_files_from, before_publish=before_publish)
 
 
 def save_checkpoint(config: ChatConfig, state: dict[str, torch.Tensor], out_dir: str | os.PathLike, *,
                     max_shard_bytes: int | None = None, overwrite: bool = False,
-                    side_files_from: str | os.PathLike | None = None) -> Path:
+                    side_files_from: str | os.PathLike | None = None,
+                    before_publish: Callable[[Path], None] | None = None) -> Path:
     """Write a config and a state dict in the released layout, atomically (see :func:`save_model`).
 
     config.json carries what the family's released code needs (``ChatConfig.to_dict``) and ``torch_dtype``, the
@@ -171,6 +176,8 @@ def save_checkpoint(config: ChatConfig, state: dict[str, torch.Tensor], out_dir:
                 src = Path(side_files_from) / name
                 if src.is_file():
                     shutil.copy2(src, tmp / name)
+        if before_publish is not None:
+            before_publish(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

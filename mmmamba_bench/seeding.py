@@ -22,6 +22,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -140,12 +141,13 @@ def seed_state_dict(teacher_config: ChatConfig, teacher: dict[str, torch.Tensor]
 
 
 def convert(teacher: str | os.PathLike, out: str | os.PathLike, layout: str = "linear", init: str = "mimic",
-            seed: int = 0, overwrite: bool = False, max_shard_bytes: int | None = None) -> Path:
+            seed: int = 0, overwrite: bool = False, max_shard_bytes: int | None = None,
+            before_publish: Callable[[Path], None] | None = None) -> Path:
     """Seed a student checkpoint from a Transformer teacher directory; writes the released layout to ``out``.
 
     The output's config is an mmMamba one (``mmMamba_chat``, whatever the layout) with ``layers_block_type`` filled
     in for both stacks, and loads with ``load_model``.
-    Tokenizer files are copied along.
+    Tokenizer files are copied along (never code). before_publish: see :func:`mmmamba_bench.checkpoint.save_model`.
     """
     teacher, out = Path(teacher), Path(out)
     if out.exists() and not overwrite:
@@ -157,4 +159,4 @@ def convert(teacher: str | os.PathLike, out: str | os.PathLike, layout: str = "l
     n_new = sum(1 for a, b in zip(config.block_types, types) if a != b)
     log.info("seeding %d of %d layers as Mamba-2 (%s init, seed %d) -> %s", n_new, len(types), init, seed, out)
     return save_checkpoint(student_config, student, out, overwrite=overwrite, max_shard_bytes=max_shard_bytes,
-                           side_files_from=teacher)
+                           side_files_from=teacher, before_publish=before_publish)

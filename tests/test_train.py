@@ -296,3 +296,34 @@ def test_recipe_hash_ignores_how_and_where_a_run_executes():
     other = from_dict(TeacherRecipe, {**TINY_TEACHER, "text_loss_weight": 0.5}, "r")
     assert recipe_hash(base) == recipe_hash(same)
     assert recipe_hash(base) != recipe_hash(other)
+
+
+def test_other_data_is_refused_for_a_finished_or_interrupted_teacher(tiny_teacher, tiny_data, tmp_path):
+    import shutil
+
+    from mmmamba_bench.train.teacher import train_teacher
+    from tests.tiny_suite import _write_manifest
+
+    other = tmp_path / "other_data"
+    shutil.copytree(tiny_data, other)
+    import pyarrow.parquet as pq
+
+    victim = next(other.glob("*_train.parquet"))
+    table = pq.read_table(victim)
+    pq.write_table(table.slice(0, table.num_rows - 1), victim)  # one training row less: other data
+    _write_manifest(other)
+    with pytest.raises(FileExistsError, match="trained on other data"):
+        train_teacher(TINY_TEACHER, other, tiny_teacher, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(step, loss):
+        if step == 4:
+            raise Stop
+
+    out = tmp_path / "teacher"
+    with pytest.raises(Stop):  # interrupted after the step-3 checkpoint
+        train_teacher(TINY_TEACHER, tiny_data, out, progress=False, callback=stop_at_4)
+    with pytest.raises(CorruptCheckpointError, match="recipe or data changed"):
+        train_teacher(TINY_TEACHER, other, out, progress=False)

@@ -40,3 +40,14 @@ def write_tiny_suite(out_dir, items: int = 6) -> None:
                                  "answer": q.answer, "answers": list(q.answers) or [q.answer],
                                  "rotation": q.rotation})
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out_dir / file_name(task, split))
+    _write_manifest(out_dir)
+
+
+def _write_manifest(out_dir) -> None:
+    """manifest.json as the real suite writes it (every file's sha256): the data identity training records."""
+    import json
+
+    from mmmamba_bench.data.minisuite import MANIFEST, sha256_file
+
+    files = {p.name: {"sha256": sha256_file(p)} for p in sorted(out_dir.glob("*.parquet"))}
+    (out_dir / MANIFEST).write_text(json.dumps({"tiny": True, "files": files}, indent=1) + "\n")

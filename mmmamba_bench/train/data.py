@@ -12,6 +12,21 @@ from mmmamba_bench.processor import Batch, Encoded, Processor
 log = logging.getLogger(__name__)
 
 
+def data_sha256(data_dir: Path | None) -> str:
+    """Identity of the training data: the sha256 of the mini-suite's manifest (which lists every file's sha256).
+
+    Recorded with every training checkpoint and finished stage, so a rerun on other data is refused instead of
+    silently continuing.
+    """
+    from mmmamba_bench.data.minisuite import MANIFEST, default_data_dir, sha256_file
+
+    manifest = Path(data_dir or default_data_dir()) / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"training data: {manifest} not found (generate the mini-suite with "
+                                f"`mmmamba-bench data --out {manifest.parent}`)")
+    return sha256_file(manifest)
+
+
 def load_encoded(processor: Processor, data_dir: Path | None, split: str, tasks: list[str] | None = None,
                  max_examples: int | None = None) -> tuple[list[Encoded], list[str]]:
     """Encode every (image, prompt, answer) of ``split``: (encoded examples with labels, their task names)."""

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import Batch, Processor
-from mmmamba_bench.train.data import BatchStream, load_encoded
+from mmmamba_bench.train.data import BatchStream, data_sha256, load_encoded
 from mmmamba_bench.train.loop import RowFreeze, StepCallback, Trainable, train
 from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, stage_hash
 from mmmamba_bench.train.state import (TrainCheckpoint, read_stage_record, weights_sha256,
@@ -165,6 +165,7 @@ class StageInputs:
     train_items: list
     device: str
     dtype: torch.dtype
+    data_sha256: str  # identity of the training data (train.data.data_sha256)
 
 
 def check_chain(stage: int, input_dir: Path, after: int | None = None) -> dict:
@@ -215,19 +216,24 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
              sum(p.numel() for p in student.parameters()), input_dir)
     try:
         losses = train(name=f"stage{stage}", trainable=trainable, loss_fn=loss_fn, stream=stream, cfg=cfg,
-                       checkpoint=TrainCheckpoint(work_dir, shash), checkpoint_every=recipe.checkpoint_every,
+                       checkpoint=TrainCheckpoint(work_dir, f"{shash}:{inputs.data_sha256}"),
+                       checkpoint_every=recipe.checkpoint_every,
                        device=inputs.device, progress=progress, callback=callback)
     finally:
         trainable.close()
     student.eval()
-    save_model(student, out_dir, overwrite=True, side_files_from=input_dir)
-    write_stage_record(out_dir, {
-        "stage": stage, "complete": True, "recipe_sha256": shash, "weights_sha256": weights_sha256(out_dir),
+    record = {
+        "stage": stage, "complete": True, "recipe_sha256": shash, "data_sha256": inputs.data_sha256,
         "input": {"path": str(input_dir), "stage": record_in["stage"], "weights_sha256": record_in["weights_sha256"]},
         "chain": list(record_in.get("chain", [])) + [stage],
         "teacher": record_in.get("teacher"), "layout": record_in.get("layout"),
         "steps": cfg.steps, "last_losses": losses[-10:], "seconds_this_run": round(time.perf_counter() - t0, 1),
-    })
+    }
+
+    def add_record(tmp: Path) -> None:  # weights and record are published together (one rename)
+        write_stage_record(tmp, {**record, "weights_sha256": weights_sha256(tmp)})
+
+    save_model(student, out_dir, overwrite=True, side_files_from=input_dir, before_publish=add_record)
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir
 
@@ -250,10 +256,10 @@ def seed_student(recipe: DistillRecipe, teacher_dir: Path, out_dir: Path) -> Pat
         if weights_sha256(seeded) != record.get("weights_sha256"):
             raise StageChainError(f"{seeded}: weights changed after distill_state.json was written")
         return seeded
-    convert(teacher_dir, seeded, layout=recipe.layout, init=recipe.init, seed=recipe.seed, overwrite=True)
-    write_stage_record(seeded, {"stage": 0, "complete": True, "weights_sha256": weights_sha256(seeded),
-                                "teacher": {"path": str(teacher_dir), "weights_sha256": teacher_hash},
-                                "layout": recipe.layout, "init": recipe.init, "seed": recipe.seed, "chain": [0]})
+    record = {"stage": 0, "complete": True, "teacher": {"path": str(teacher_dir), "weights_sha256": teacher_hash},
+              "layout": recipe.layout, "init": recipe.init, "seed": recipe.seed, "chain": [0]}
+    convert(teacher_dir, seeded, layout=recipe.layout, init=recipe.init, seed=recipe.seed, overwrite=True,
+            before_publish=lambda tmp: write_stage_record(tmp, {**record, "weights_sha256": weights_sha256(tmp)}))
     return seeded
 
 
@@ -297,7 +303,10 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
         return out_dir
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists but is not a finished distillation; choose a new --out")
+    data_hash = data_sha256(data_dir)
     work_root = out_dir.with_name(out_dir.name + ".stages")
+    for k in chain:  # an interrupted stage of another recipe or on other data: refused before any work
+        TrainCheckpoint(work_root / ".work" / f"stage{k}", f"{stage_hash(recipe, k)}:{data_hash}").check_tag()
     work_root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seeded = seed_student(recipe, teacher_dir, work_root)
@@ -314,6 +323,10 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
             if record["input"]["weights_sha256"] != weights_sha256(prev_dir):
                 raise FileExistsError(f"{dest} was produced from another input than {prev_dir}; use a new output "
                                       f"directory")
+            if record.get("data_sha256") != data_hash:
+                raise FileExistsError(f"{dest} was trained on other data (manifest sha256 "
+                                      f"{str(record.get('data_sha256'))[:12]}..., this data {data_hash[:12]}...); "
+                                      f"use a new output directory")
             log.info("stage %d already finished: %s", k, dest)
         else:
             if inputs is None:
@@ -322,7 +335,7 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
                     p.requires_grad_(False)
                 processor = Processor.from_pretrained(teacher_dir, max_tiles=recipe.data.max_tiles)
                 items, _ = load_encoded(processor, data_dir, "train", recipe.data.tasks, recipe.data.max_examples)
-                inputs = StageInputs(recipe, teacher, teacher_dir, processor, items, device, dtype)
+                inputs = StageInputs(recipe, teacher, teacher_dir, processor, items, device, dtype, data_hash)
             run_stage(k, inputs, prev_dir, dest, work_root / ".work" / f"stage{k}", after=prev_stage,
                       progress=progress, callback=callback)
         prev_dir, prev_stage = dest, k

@@ -201,6 +201,19 @@ class TrainCheckpoint:
                                          f"run")
         return self.path is not None
 
+    def check_tag(self) -> None:
+        """Refuse, before any work, a resumable checkpoint of another run (see :meth:`load`); none is fine."""
+        if not self.exists():
+            return
+        meta_path = self.path / CKPT_META  # type: ignore[operator]
+        try:
+            tag = json.loads(meta_path.read_text()).get("tag")
+        except (OSError, json.JSONDecodeError):
+            return  # load() says what is wrong with it
+        if tag != self.tag:
+            raise CorruptCheckpointError(f"{self.work_dir}: the checkpoint belongs to another run (recipe or data "
+                                         f"changed?); use a new output directory or delete {self.work_dir}")
+
     def save(self, payload: dict[str, Any]) -> Path:
         """Publish ``payload`` (step, params, optimizer, rng, data_position) as ``checkpoint-<step>``; returns it."""
         from safetensors.torch import save_file

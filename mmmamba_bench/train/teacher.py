@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from mmmamba_bench.config import ChatConfig, make_config
 from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import IGNORE, Batch, Processor
-from mmmamba_bench.train.data import BatchStream, load_encoded
+from mmmamba_bench.train.data import BatchStream, data_sha256, load_encoded
 from mmmamba_bench.train.loop import StepCallback, Trainable, train
 from mmmamba_bench.train.recipe import AugmentConfig, TeacherRecipe, as_recipe, recipe_hash
 from mmmamba_bench.train.state import TrainCheckpoint, read_stage_record, write_stage_record
@@ -145,18 +145,26 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
     data_dir = Path(data_dir) if data_dir is not None else None
     out_dir = Path(out_dir)
     rhash = recipe_hash(recipe)
+    data_hash = data_sha256(data_dir)
+    work = out_dir.with_name(out_dir.name + ".work")
     record = read_stage_record(out_dir)
     if record is not None:
         if record.get("recipe_sha256") != rhash:
             raise FileExistsError(f"{out_dir} holds a teacher trained with another recipe; choose a new --out")
+        if record.get("data_manifest_sha256") != data_hash:
+            raise FileExistsError(f"{out_dir} holds a teacher trained on other data (manifest sha256 "
+                                  f"{str(record.get('data_manifest_sha256'))[:12]}..., this data "
+                                  f"{data_hash[:12]}...); choose a new --out")
+        shutil.rmtree(work, ignore_errors=True)  # left by a kill between publishing and cleaning up
         log.info("teacher already trained: %s", out_dir)
         return out_dir
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists but is not a finished teacher of this recipe; choose a new --out")
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    checkpoint = TrainCheckpoint(work, f"{rhash}:{data_hash}")
+    checkpoint.check_tag()  # an interrupted run of another recipe or on other data: refused before any work
     t0 = time.perf_counter()
-    work = out_dir.with_name(out_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
 
     from mmmamba_bench.tokenizer import load_tokenizer, train_word_tokenizer
@@ -181,7 +189,7 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
     train(name="teacher", trainable=Trainable(dict(model.named_parameters())),
           loss_fn=lambda b: answer_loss(model, augmented(b, recipe.augment), recipe.text_loss_weight),
           stream=stream, cfg=recipe.optim,
-          checkpoint=TrainCheckpoint(work, rhash), checkpoint_every=recipe.checkpoint_every,
+          checkpoint=checkpoint, checkpoint_every=recipe.checkpoint_every,
           device=recipe.device, progress=progress, callback=callback)
     train_s = time.perf_counter() - t_train
     model.eval()
@@ -193,14 +201,11 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
     log.info("teacher: validation loss %.4f; exact match %s", val_loss, format_scores(scores))
     from mmmamba_bench.checkpoint import save_model
 
-    save_model(model, out_dir, side_files_from=work)
-    from mmmamba_bench.data.minisuite import MANIFEST, default_data_dir, sha256_file
-
-    manifest = (data_dir or default_data_dir()) / MANIFEST
-    write_stage_record(out_dir, {"stage": "teacher", "recipe_sha256": rhash, "validation_loss": val_loss,
-                                 "data_manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
-                                 "device": str(recipe.device),
-                                 "validation_exact_match": scores, "train_seconds": round(train_s, 1),
-                                 "total_seconds": round(time.perf_counter() - t0, 1), "parameters": n_params})
+    record = {"stage": "teacher", "recipe_sha256": rhash, "validation_loss": val_loss,
+              "data_manifest_sha256": data_hash, "device": str(recipe.device),
+              "validation_exact_match": scores, "train_seconds": round(train_s, 1),
+              "total_seconds": round(time.perf_counter() - t0, 1), "parameters": n_params}
+    # weights and record are published together (one rename): a kill leaves either both or neither
+    save_model(model, out_dir, side_files_from=work, before_publish=lambda tmp: write_stage_record(tmp, record))
     shutil.rmtree(work, ignore_errors=True)
     return out_dir
