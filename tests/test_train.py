@@ -327,3 +327,33 @@ def test_other_data_is_refused_for_a_finished_or_interrupted_teacher(tiny_teache
         train_teacher(TINY_TEACHER, tiny_data, out, progress=False, callback=stop_at_4)
     with pytest.raises(CorruptCheckpointError, match="recipe or data changed"):
         train_teacher(TINY_TEACHER, other, out, progress=False)
+
+
+def test_a_second_run_on_the_same_output_is_refused(tiny_data, tmp_path):
+    import subprocess
+    import sys
+
+    from mmmamba_bench.locks import OutputLocked, output_lock
+    from mmmamba_bench.train.distill import distill
+    from mmmamba_bench.train.teacher import train_teacher
+
+    out = tmp_path / "teacher"
+    with output_lock(out, "test"):  # another run holds the output
+        with pytest.raises(OutputLocked, match=r"being written by another run \(pid \d+, test\)"):
+            train_teacher(TINY_TEACHER, tiny_data, out, progress=False)
+        with pytest.raises(OutputLocked):
+            distill({}, tmp_path / "no-teacher", out)
+    # held by another process, released when it dies however it dies (flock): a rerun after a kill is not blocked
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmmamba_bench.locks import output_lock\n"
+                               "with output_lock(sys.argv[1], 'holder'):\n print('held', flush=True); time.sleep(60)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLocked, match="holder"):
+            with output_lock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):
+        pass

@@ -283,8 +283,19 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
 
     Rerunning the same call skips finished stages (after checking their records match this recipe and input) and
     resumes an interrupted stage from its last training checkpoint. ``callback(step, loss)`` runs after every
-    optimizer step (tests use it to simulate an interruption).
+    optimizer step (tests use it to simulate an interruption). A second run on the same ``out_dir`` is refused while
+    the first holds it (:mod:`mmmamba_bench.locks`).
     """
+    from mmmamba_bench.locks import output_lock
+
+    with output_lock(out_dir, "distill"):
+        return _distill(recipe, teacher_dir, out_dir, stages, data_dir=data_dir, allow_skip=allow_skip,
+                        device=device, progress=progress, callback=callback, evaluate=evaluate)
+
+
+def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             stages: str | Sequence[int], *, data_dir: str | os.PathLike | None, allow_skip: bool,
+             device: str | None, progress: bool, callback: StepCallback | None, evaluate: bool) -> Path:
     from mmmamba_bench.checkpoint import load_model
 
     recipe = as_recipe(recipe, DistillRecipe)

@@ -137,8 +137,18 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
     """Train the tiny teacher and write it to ``out_dir`` (released layout + tokenizer.json); returns ``out_dir``.
 
     Rerunning the same call resumes from ``<out_dir>.work`` (the resumable checkpoint) or returns at once when
-    ``out_dir`` already holds the finished teacher of this recipe; a finished teacher of another recipe is refused.
+    ``out_dir`` already holds the finished teacher of this recipe; a finished teacher of another recipe or data is
+    refused. A second run on the same ``out_dir`` is refused while the first holds it (:mod:`mmmamba_bench.locks`).
     """
+    from mmmamba_bench.locks import output_lock
+
+    with output_lock(out_dir, "train-teacher"):
+        return _train_teacher(recipe, data_dir, out_dir, progress=progress, callback=callback, device=device)
+
+
+def _train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.PathLike | None,
+                   out_dir: str | os.PathLike, *, progress: bool, callback: StepCallback | None,
+                   device: str | None) -> Path:
     recipe = as_recipe(recipe, TeacherRecipe)
     if device is not None:
         recipe = dataclasses.replace(recipe, device=device)
