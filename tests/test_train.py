@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -333,7 +335,7 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_data, tmp_path):
     import subprocess
     import sys
 
-    from mmmamba_bench.locks import OutputLocked, output_lock
+    from mmmamba_bench.outputs import OutputLocked, output_lock
     from mmmamba_bench.train.distill import distill
     from mmmamba_bench.train.teacher import train_teacher
 
@@ -344,7 +346,7 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_data, tmp_path):
         with pytest.raises(OutputLocked):
             distill({}, tmp_path / "no-teacher", out)
     # held by another process, released when it dies however it dies (flock): a rerun after a kill is not blocked
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmmamba_bench.locks import output_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmmamba_bench.outputs import output_lock\n"
                                "with output_lock(sys.argv[1], 'holder'):\n print('held', flush=True); time.sleep(60)",
                                str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -357,3 +359,30 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_data, tmp_path):
         holder.wait()
     with output_lock(out):
         pass
+
+
+def test_unusable_outputs_are_named_before_any_work(tmp_path):
+    import os
+
+    from mmmamba_bench.outputs import OutputError, check_output_dir, check_output_file
+
+    a_file = tmp_path / "results.json"
+    a_file.write_text("{}")
+    with pytest.raises(OutputError, match=r"--output .*results.json: is a file, but an output folder is needed"):
+        check_output_dir(a_file)
+    with pytest.raises(OutputError, match="cannot create the folder"):
+        check_output_dir(a_file / "sub")
+    with pytest.raises(OutputError, match=r"--out .*: is a folder, but an output file is needed"):
+        check_output_file(tmp_path)
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    os.chmod(locked, 0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: show it on a read-only place instead
+            locked = Path("/proc/self")
+        with pytest.raises(OutputError, match="not writable|cannot create"):
+            check_output_dir(locked / "out", "--out")
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)
+    assert check_output_dir(tmp_path / "new" / "folder").is_dir()
+    assert check_output_file(tmp_path / "new2" / "x.json").parent.is_dir()

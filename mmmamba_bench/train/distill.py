@@ -284,10 +284,11 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
     Rerunning the same call skips finished stages (after checking their records match this recipe and input) and
     resumes an interrupted stage from its last training checkpoint. ``callback(step, loss)`` runs after every
     optimizer step (tests use it to simulate an interruption). A second run on the same ``out_dir`` is refused while
-    the first holds it (:mod:`mmmamba_bench.locks`).
+    the first holds it (:mod:`mmmamba_bench.outputs`).
     """
-    from mmmamba_bench.locks import output_lock
+    from mmmamba_bench.outputs import check_output_target, output_lock
 
+    check_output_target(out_dir, "--out")
     with output_lock(out_dir, "distill"):
         return _distill(recipe, teacher_dir, out_dir, stages, data_dir=data_dir, allow_skip=allow_skip,
                         device=device, progress=progress, callback=callback, evaluate=evaluate)

@@ -138,10 +138,11 @@ def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.
 
     Rerunning the same call resumes from ``<out_dir>.work`` (the resumable checkpoint) or returns at once when
     ``out_dir`` already holds the finished teacher of this recipe; a finished teacher of another recipe or data is
-    refused. A second run on the same ``out_dir`` is refused while the first holds it (:mod:`mmmamba_bench.locks`).
+    refused. A second run on the same ``out_dir`` is refused while the first holds it (:mod:`mmmamba_bench.outputs`).
     """
-    from mmmamba_bench.locks import output_lock
+    from mmmamba_bench.outputs import check_output_target, output_lock
 
+    check_output_target(out_dir, "--out")
     with output_lock(out_dir, "train-teacher"):
         return _train_teacher(recipe, data_dir, out_dir, progress=progress, callback=callback, device=device)
 
