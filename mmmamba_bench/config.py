@@ -157,7 +157,7 @@ class ChatConfig:
     llm_config: LLMConfig
     model_type: str = "mmMamba_chat"  # with the layer types, decides the family (see ``family``)
     architectures: str | list[str] = "mmMambaChatModel"
-    template: str = "internlm2-chat"
+    template: str = "internlm2-chat"  # the chat prompt format (preprocessing.chat_prompt; "mmmamba-bench-mini": demo)
     downsample_ratio: float = 0.5
     force_image_size: int | None = None
     use_thumbnail: bool = True
@@ -366,7 +366,7 @@ def make_config(*, hidden: int, heads: int, kv_heads: int, emb_layers: int, llm_
                 vocab: int, image_size: int, patch_size: int, block_types: list[str] | None = None,
                 normalize_encoder_output: bool = False, max_position_embeddings: int = 32768,
                 rope_theta: float = 1_000_000.0, rope_scaling: dict | None = None,
-                model_type: str = "mmMamba_chat") -> ChatConfig:
+                model_type: str = "mmMamba_chat", template: str = "internlm2-chat") -> ChatConfig:
     """Build a config in the released layout with the three special tokens ``<img>``, ``</img>``, ``<IMG_CONTEXT>``."""
     specials = {"<img>": vocab, "</img>": vocab + 1, "<IMG_CONTEXT>": vocab + 2}
     stack = _stack_fields(hidden, heads, kv_heads, 0, intermediate, max_position_embeddings, rope_theta, rope_scaling)
@@ -374,7 +374,7 @@ def make_config(*, hidden: int, heads: int, kv_heads: int, emb_layers: int, llm_
                           llm_vocab_size=vocab, llm_hidden_size=hidden, special_token_maps=specials,
                           img_context_token_id=specials["<IMG_CONTEXT>"])
     llm = LLMConfig(**{**stack, "num_hidden_layers": llm_layers}, vocab_size=vocab)
-    cfg = ChatConfig(embedding_config=emb, llm_config=llm, model_type=model_type,
+    cfg = ChatConfig(embedding_config=emb, llm_config=llm, model_type=model_type, template=template,
                      normalize_encoder_output=normalize_encoder_output, force_image_size=image_size)
     if block_types is not None:
         cfg = cfg.with_block_types(block_types)

@@ -73,8 +73,24 @@ def image_block(num_tiles: int, tokens_per_tile: int) -> str:
     return IMG_START + IMG_CONTEXT * (num_tiles * tokens_per_tile) + IMG_END
 
 
-def chat_prompt(question: str, num_tiles: int = 0, tokens_per_tile: int = 256, system: str | None = None) -> str:
-    """The internlm2-chat prompt for one user turn, with the image block in place of ``<image>`` (or first)."""
+# config.json's ``template``: how one user turn becomes the prompt.
+RELEASED_TEMPLATE = "internlm2-chat"  # what HoVLE / mmMamba's released chat() builds (InternVL's conversation.py)
+MINI_TEMPLATE = "mmmamba-bench-mini"  # the embedded demo models: no system turn, a newline after each turn's end
+TEMPLATES = (RELEASED_TEMPLATE, MINI_TEMPLATE)
+# The system message InternVL's "internlm2-chat" template carries, which the released chat() keeps (a prompt: data).
+INTERNVL_SYSTEM_MESSAGE = ("你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
+                           "是一个有用无害的人工智能助手。")
+
+
+def chat_prompt(question: str, num_tiles: int = 0, tokens_per_tile: int = 256, template: str = RELEASED_TEMPLATE,
+                system: str | None = None) -> str:
+    """The prompt of one user turn, with the image block in place of ``<image>`` (or first, then a newline).
+
+    ``internlm2-chat`` is exactly the released ``chat()``: ``<|im_start|>system\n{system}<|im_end|>`` then
+    ``<|im_start|>user\n{question}<|im_end|><|im_start|>assistant\n`` (InternVL's MPT-style separator: no newline
+    after ``<|im_end|>``), system defaulting to InternVL's message. ``mmmamba-bench-mini`` is the format the embedded
+    demo models were trained on: no system turn unless given, a newline after each ``<|im_end|>``.
+    """
     content = question
     if num_tiles:
         block = image_block(num_tiles, tokens_per_tile)
@@ -82,5 +98,10 @@ def chat_prompt(question: str, num_tiles: int = 0, tokens_per_tile: int = 256, s
             content = content.replace(IMAGE_PLACEHOLDER, block, 1)
         else:
             content = block + "\n" + content
-    prefix = f"{ROLE_START}system\n{system}{ROLE_END}\n" if system else ""
-    return f"{prefix}{ROLE_START}user\n{content}{ROLE_END}\n{ROLE_START}assistant\n"
+    if template == RELEASED_TEMPLATE:
+        system = INTERNVL_SYSTEM_MESSAGE if system is None else system
+        return f"{ROLE_START}system\n{system}{ROLE_END}{ROLE_START}user\n{content}{ROLE_END}{ROLE_START}assistant\n"
+    if template == MINI_TEMPLATE:
+        prefix = f"{ROLE_START}system\n{system}{ROLE_END}\n" if system else ""
+        return f"{prefix}{ROLE_START}user\n{content}{ROLE_END}\n{ROLE_START}assistant\n"
+    raise ValueError(f"unknown chat template {template!r}; known: {list(TEMPLATES)}")

@@ -59,10 +59,16 @@ class Processor:
         return load_image(image, self.config.image_size, self.max_tiles, self.config.use_thumbnail)
 
     def encode_prompt(self, question: str, image: Image.Image | None = None) -> Encoded:
+        """The chat prompt of ``config.template`` as token ids, led by BOS when the tokenizer adds one (InternLM2's
+        does: the released chat() tokenises its prompt with special tokens), and the image's tiles."""
         pv = self.pixel_values(image) if image is not None else None
         text = chat_prompt(question, num_tiles=0 if pv is None else pv.shape[0],
-                           tokens_per_tile=self.config.embedding_config.tokens_per_tile)
-        return Encoded(self.tokenizer.encode(text), pv)
+                           tokens_per_tile=self.config.embedding_config.tokens_per_tile, template=self.config.template)
+        ids = self.tokenizer.encode(text)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if bos is not None and getattr(self.tokenizer, "add_bos_token", False):
+            ids = [bos] + ids
+        return Encoded(ids, pv)
 
     def encode_example(self, question: str, answer: str, image: Image.Image | None = None) -> Encoded:
         """Prompt + answer + end-of-turn; labels cover the answer and the end-of-turn token."""

@@ -26,12 +26,28 @@ def test_tiles_and_thumbnail():
     assert load_image(img, 56, max_num=1).shape == (1, 3, 56, 56)
 
 
-def test_chat_prompt():
-    p = chat_prompt("What is this?", num_tiles=2, tokens_per_tile=3)
+def test_chat_prompt_of_the_demo_models():
+    mini = "mmmamba-bench-mini"
+    p = chat_prompt("What is this?", num_tiles=2, tokens_per_tile=3, template=mini)
     assert p == ("<|im_start|>user\n<img>" + "<IMG_CONTEXT>" * 6 + "</img>\nWhat is this?<|im_end|>\n"
                  "<|im_start|>assistant\n")
-    assert chat_prompt("<image> left", 1, 1).startswith("<|im_start|>user\n<img><IMG_CONTEXT></img> left")
-    assert chat_prompt("hi") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert chat_prompt("<image> left", 1, 1, template=mini).startswith("<|im_start|>user\n<img><IMG_CONTEXT></img> left")
+    assert chat_prompt("hi", template=mini) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_chat_prompt_is_the_released_chat_format():
+    """What the released chat() builds with InternVL's conversation template "internlm2-chat" (MPT separator, the
+    template's system message), written out by hand."""
+    system = ("你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
+              "是一个有用无害的人工智能助手。")
+    p = chat_prompt("What is this?", num_tiles=1, tokens_per_tile=2)
+    assert p == (f"<|im_start|>system\n{system}<|im_end|><|im_start|>user\n<img><IMG_CONTEXT><IMG_CONTEXT></img>\n"
+                 "What is this?<|im_end|><|im_start|>assistant\n")
+    assert chat_prompt("hi", system="") == "<|im_start|>system\n<|im_end|><|im_start|>user\nhi<|im_end|><|im_start|>assistant\n"
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown chat template 'Hermes-2'"):
+        chat_prompt("hi", template="Hermes-2")
 
 
 def test_high_bit_depth_images_are_scaled_not_clipped():

@@ -90,3 +90,18 @@ def test_broken_tokenizer_files_are_named(internlm2_dir, tmp_path):
     (bad_config / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(TokenizerFileError, match=r"c/tokenizer_config.json: not valid JSON"):
         load_tokenizer(bad_config)
+
+
+def test_released_prompt_starts_with_bos_and_the_system_turn(internlm2_dir):
+    """The processor of a released-layout checkpoint builds what the released chat() tokenises: BOS, then the
+    internlm2-chat prompt with InternVL's system message."""
+    from mmmamba_bench.config import make_config
+    from mmmamba_bench.preprocessing import chat_prompt
+    from mmmamba_bench.processor import Processor
+
+    tok = load_tokenizer(internlm2_dir)
+    config = make_config(hidden=64, heads=4, kv_heads=2, emb_layers=1, llm_layers=1, intermediate=128,
+                         vocab=tok.vocab_size, image_size=56, patch_size=14)
+    enc = Processor(tok, config).encode_prompt("the cat")
+    assert enc.input_ids == [tok.bos_token_id] + tok.encode(chat_prompt("the cat"))
+    assert enc.input_ids[1] == tok.token_to_id("<|im_start|>")

@@ -36,17 +36,20 @@ log = logging.getLogger(__name__)
 def tokenizer_texts(data_dir: Path | None, tasks: list[str] | None) -> list[str]:
     """The train split's chat prompts (without image tokens) and answers: the tokenizer's training text."""
     from mmmamba_bench.data.minisuite import iter_examples
-    from mmmamba_bench.preprocessing import chat_prompt
+    from mmmamba_bench.preprocessing import MINI_TEMPLATE, chat_prompt
 
     texts = []
     for ex in iter_examples(data_dir, "train", tasks):
-        texts += [chat_prompt(ex.question_prompt, num_tiles=0), ex.answer]
+        texts += [chat_prompt(ex.question_prompt, num_tiles=0, template=MINI_TEMPLATE), ex.answer]
     return texts
 
 
 def teacher_config(recipe: TeacherRecipe, vocab_size: int) -> ChatConfig:
+    """The tiny teacher's config: HoVLE family, the demo models' chat template (no system turn, no BOS)."""
+    from mmmamba_bench.preprocessing import MINI_TEMPLATE
+
     m = recipe.model
-    return make_config(hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads, emb_layers=m.emb_layers,
+    return make_config(template=MINI_TEMPLATE, hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads, emb_layers=m.emb_layers,
                        llm_layers=m.llm_layers, intermediate=m.intermediate, vocab=vocab_size,
                        image_size=m.image_size, patch_size=m.patch_size, normalize_encoder_output=m.normalize_encoder_output,
                        max_position_embeddings=m.max_position_embeddings, rope_theta=m.rope_theta,
