@@ -58,7 +58,11 @@ def _weight_files(path: Path) -> list[Path]:
 
 def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None,
                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, converted to ``dtype`` (if given) on ``device``."""
+    """All tensors of a checkpoint directory, converted to ``dtype`` (if given) on ``device``.
+
+    Every tensor must be floating point (integer weights would be cast silently) and finite (NaN / inf weights
+    evaluate to meaningless scores): either is a :class:`CheckpointError` naming the file and the tensor.
+    """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     for file in _weight_files(path):
@@ -68,12 +72,45 @@ def read_state_dict(path: str | os.PathLike, dtype: torch.dtype | None = None,
                     if name in tensors:
                         raise CheckpointError(f"{file}: tensor {name!r} also appears in another shard")
                     t = f.get_tensor(name)
+                    check_weight(t, name, file)
                     tensors[name] = t.to(device=device, dtype=dtype if dtype is not None else t.dtype)
         except SafetensorError as exc:
             raise CheckpointError(f"{file}: cannot read safetensors file (truncated or corrupt?): {exc}") from None
         except OSError as exc:
             raise CheckpointError(f"{file}: cannot read: {exc}") from None
     return tensors
+
+
+def check_weight(t: torch.Tensor, name: str, file: Path) -> None:
+    """A weight must be floating point and finite (one pass over the tensor, on the CPU, before any cast)."""
+    if not t.is_floating_point():
+        raise CheckpointError(f"{file}: tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}; weights "
+                              f"must be floating point")
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise CheckpointError(f"{file}: tensor {name!r} holds {bad} NaN / inf value(s) of {t.numel()}")
+
+
+def check_state(config: ChatConfig, tensors: dict[str, torch.Tensor], where: Path) -> list[str]:
+    """Refuse tensors that do not fit ``config`` (missing, mis-shaped, or belonging to a module we build without
+    them); returns the names of tolerated extras (tensors of modules we do not have)."""
+    with torch.device("meta"):
+        model = MMMambaChatModel(config)
+    expected = {name: p.shape for name, p in model.state_dict().items()}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
+        raise CheckpointError(f"{where}: missing tensor(s) for this config: {shown}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != tuple(shape):
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                                  f"expected {tuple(shape)} from config.json")
+    unexpected = sorted(n for n in set(tensors) - set(expected) if not n.endswith(IGNORED_SUFFIXES))
+    dropped = tensors_of_built_modules(model, unexpected)
+    if dropped:
+        raise CheckpointError(f"{where}: tensor(s) {dropped[:8]} belong to modules this config builds without them "
+                              f"(e.g. attention biases): loading without them would change the model")
+    return unexpected
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -87,24 +124,11 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu", dtyp
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     config = ChatConfig.from_json_file(path / "config.json")
+    tensors = read_state_dict(path, dtype=dtype, device=device)
+    unexpected = check_state(config, tensors, path)
     with torch.device("meta"):
         model = MMMambaChatModel(config)
-    expected = {name: p.shape for name, p in model.state_dict().items()}
-    tensors = read_state_dict(path, dtype=dtype, device=device)
-
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
-        raise CheckpointError(f"{path}: missing tensor(s) for this config: {shown}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != tuple(shape):
-            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                                  f"expected {tuple(shape)} from config.json")
-    unexpected = sorted(n for n in set(tensors) - set(expected) if not n.endswith(IGNORED_SUFFIXES))
-    dropped = tensors_of_built_modules(model, unexpected)
-    if dropped:
-        raise CheckpointError(f"{path}: tensor(s) {dropped[:8]} belong to modules this config builds without them "
-                              f"(e.g. attention biases): loading without them would change the model")
+    expected = model.state_dict().keys()
     if unexpected:
         # Tolerated (a real checkpoint may carry extras), but said out loud and kept on the model.
         shown = ", ".join(unexpected[:8]) + (f" ... ({len(unexpected)} in all)" if len(unexpected) > 8 else "")

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from mmmamba_bench.checkpoint import read_state_dict, save_checkpoint
+from mmmamba_bench.checkpoint import check_state, read_state_dict, save_checkpoint
 from mmmamba_bench.config import MMMAMBA, ChatConfig, StackConfig
 from mmmamba_bench.layouts import parse_layout
 from mmmamba_bench.model.attention import split_wqkv
@@ -155,6 +155,7 @@ def convert(teacher: str | os.PathLike, out: str | os.PathLike, layout: str = "l
     config = ChatConfig.from_json_file(teacher / "config.json")
     types = parse_layout(layout, config.num_layers)  # fail on a bad layout before reading any weights
     state = read_state_dict(teacher)
+    check_state(config, state, teacher)  # the teacher must load as load_model would: nothing missing or mis-shaped
     student_config, student = seed_state_dict(config, state, types, init=init, seed=seed)
     n_new = sum(1 for a, b in zip(config.block_types, types) if a != b)
     log.info("seeding %d of %d layers as Mamba-2 (%s init, seed %d) -> %s", n_new, len(types), init, seed, out)

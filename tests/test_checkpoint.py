@@ -134,3 +134,35 @@ def test_interrupted_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_model(model, tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "int"])
+def test_non_finite_or_integer_weights_are_refused(saved, bad):
+    _, out = saved
+    name = "language_model.model.layers.1.feed_forward.w2.weight"
+
+    def edit(t):
+        if bad == "int":
+            t[name] = t[name].round().to(torch.int32)
+        else:
+            t[name][3, 5] = float(bad)
+    _rewrite(out, edit)
+    message = "dtype int32; weights must be floating point" if bad == "int" else "holds 1 NaN / inf value"
+    with pytest.raises(CheckpointError, match=f"model.safetensors: tensor '{name}' .*{message}"):
+        load_model(out)
+
+
+def test_convert_validates_its_teacher_as_load_model_does(tmp_path):
+    from mmmamba_bench.seeding import convert
+
+    teacher = save_model(random_model("transformer", torch.float32), tmp_path / "teacher")
+    missing = "language_model.model.layers.1.feed_forward.w1.weight"
+    _rewrite(teacher, lambda t: t.pop(missing))
+    with pytest.raises(CheckpointError, match=f"missing tensor\\(s\\) for this config: {missing}"):
+        convert(teacher, tmp_path / "student")
+    assert not (tmp_path / "student").exists()
+    teacher = save_model(random_model("transformer", torch.float32), tmp_path / "teacher", overwrite=True)
+    wqkv = "embedding_model.encoder.0.attention.wqkv.weight"
+    _rewrite(teacher, lambda t: t.__setitem__(wqkv, t[wqkv].T.contiguous()))  # transposed
+    with pytest.raises(CheckpointError, match=f"tensor '{wqkv}' has shape"):
+        convert(teacher, tmp_path / "student")

@@ -193,3 +193,20 @@ def test_import_without_transformers_skips_registration_silently():
         print("torch" in sys.modules, "transformers" in sys.modules)
     """)
     assert got == "False False"
+
+
+def test_non_finite_weights_are_refused_through_transformers_too(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    import mmmamba_bench  # noqa: F401  (registers the classes)
+    from mmmamba_bench.checkpoint import CheckpointError, save_model
+    from tests.helpers import random_model
+
+    out = save_model(random_model("linear", torch.float32), tmp_path / "ckpt")
+    tensors = load_file(str(out / "model.safetensors"))
+    name = "language_model.output.weight"
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' holds NaN"):
+        AutoModelForCausalLM.from_pretrained(out)

@@ -92,6 +92,9 @@ class ChatForCausalLM(PreTrainedModel):
         if dropped:
             raise CheckpointError(f"{where}: tensor(s) {dropped[:8]} belong to modules this config builds without "
                                   f"them (e.g. attention biases): loading without them would change the model")
+        for name, p in model.state_dict().items():  # NaN / inf weights would evaluate to meaningless scores
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise CheckpointError(f"{where}: tensor {name!r} holds NaN / inf value(s)")
         return (model, info) if want_info else model
 
     # ---- running ---------------------------------------------------------------------------------------------
