@@ -1,0 +1,1 @@
+"""Score regression between two evaluation runs: paired statistics over per-sample logs (``mmmamba-bench regress``)."""
