@@ -45,10 +45,12 @@ def clusters_of(keys: Sequence[Hashable]) -> list[list[int]]:
 
 def paired_bootstrap(baseline: Sequence[object], candidate: Sequence[object], cluster_keys: Sequence[Hashable],
                      metric: Metric, *, resamples: int = 10_000, seed: int = 0, confidence: float = 0.95,
-                     ) -> BootstrapResult:
+                     relabel: Callable[[object, int], object] | None = None) -> BootstrapResult:
     """Paired cluster bootstrap of ``metric(candidate) - metric(baseline)``.
 
     ``baseline[i]`` and ``candidate[i]`` are the two runs' records of document i; ``cluster_keys[i]`` its cluster.
+    ``relabel(record, k)``: a copy of a record for the k-th cluster drawn into a resample, for metrics that group
+    records by an id (MME's image pairs): a cluster drawn twice must count as two clusters, not one of four records.
     A resample whose metric cannot be computed (e.g. a POPE split drawn empty) is drawn again.
     """
     n = len(baseline)
@@ -67,9 +69,14 @@ def paired_bootstrap(baseline: Sequence[object], candidate: Sequence[object], cl
         if attempts > 20 * resamples:
             raise ValueError("paired_bootstrap: the metric fails on most resamples (too few clusters?)")
         picks = rng.integers(0, len(groups), size=len(groups))
-        idx = [i for g in picks for i in groups[g]]
+        if relabel is None:
+            idx = [i for g in picks for i in groups[g]]
+            cand, base = [candidate[i] for i in idx], [baseline[i] for i in idx]
+        else:
+            cand = [relabel(candidate[i], k) for k, g in enumerate(picks) for i in groups[g]]
+            base = [relabel(baseline[i], k) for k, g in enumerate(picks) for i in groups[g]]
         try:
-            d = metric([candidate[i] for i in idx]) - metric([baseline[i] for i in idx])
+            d = metric(cand) - metric(base)
         except (ValueError, ZeroDivisionError):
             continue
         diffs[done] = d
