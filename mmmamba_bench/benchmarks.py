@@ -1,6 +1,10 @@
-"""Which lmms-eval task and metric give each Table-1 column.
+"""The lmms-eval tasks this project runs, and which task and metric give each Table-1 column.
 
-One row per paper column. ``real`` names the lmms-eval tasks and metric of the real benchmark (the paper's headline
+Task names and groups (:data:`MINI_TASKS`, :data:`PAPER_TASKS`, :func:`resolve_tasks`) live here, below both the
+data descriptions (``mmmamba_bench.data.real``: which datasets each ``paper_*`` task reads) and the preflight checks
+(``mmmamba_bench.eval.tasks``), so that neither has to import the other for them.
+
+Table 1: one row per paper column. ``real`` names the lmms-eval tasks and metric of the real benchmark (the paper's headline
 number); ``mini`` names the offline mini-suite task standing in for that answer format (see ``tasks/mini/``).
 The report reads lmms-eval's own results JSON and looks scores up through this table only.
 """
@@ -8,6 +12,56 @@ The report reads lmms-eval's own results JSON and looks scores up through this t
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+MINI_TASKS: tuple[str, ...] = (
+    "mini_mme", "mini_mmbench", "mini_pope", "mini_seed", "mini_sqa", "mini_textvqa", "mini_gqa",
+)
+# The paper's nine benchmarks, POPE as its three splits (tasks/real/paper_*.yaml; their local data: data/real.py).
+PAPER_TASKS: tuple[str, ...] = (
+    "paper_mme", "paper_mmbench_en_dev", "paper_pope_adv", "paper_pope_pop", "paper_pope_random", "paper_seedbench",
+    "paper_mmmu_val", "paper_mmvet", "paper_textvqa_val", "paper_scienceqa_img", "paper_gqa",
+)
+JUDGE_TASKS: frozenset[str] = frozenset({"paper_mmvet"})
+GROUPS: dict[str, tuple[str, ...]] = {
+    "mini": MINI_TASKS,
+    "paper": PAPER_TASKS,
+    "paper_no_judge": tuple(t for t in PAPER_TASKS if t not in JUDGE_TASKS),
+    "paper_pope": ("paper_pope_adv", "paper_pope_pop", "paper_pope_random"),
+}
+KNOWN_TASKS: frozenset[str] = frozenset(MINI_TASKS) | frozenset(PAPER_TASKS)
+
+
+class TaskSetupError(RuntimeError):
+    """A task cannot run as set up; ``problems`` lists ``(task, what is missing)``."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        lines = "\n".join(f"  - {task}: {what}" for task, what in problems)
+        super().__init__(f"{len(problems)} task setup problem(s):\n{lines}")
+
+
+def resolve_tasks(spec: str) -> list[str]:
+    """Expand a comma-separated task spec; groups: ``mini``, ``paper``, ``paper_no_judge``, ``paper_pope``.
+
+    Order is kept and duplicates dropped. Unknown names raise :class:`TaskSetupError`.
+    """
+    out: list[str] = []
+    unknown = []
+    for name in (part.strip() for part in spec.split(",")):
+        if not name:
+            continue
+        names = GROUPS.get(name, (name,))
+        for task in names:
+            if task not in KNOWN_TASKS:
+                unknown.append(task)
+            elif task not in out:
+                out.append(task)
+    if unknown:
+        raise TaskSetupError([(t, f"unknown task; known tasks: {sorted(KNOWN_TASKS)}, groups: {sorted(GROUPS)}")
+                              for t in unknown])
+    if not out:
+        raise TaskSetupError([("*", f"empty task spec {spec!r}")])
+    return out
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def test_resolve_tasks():
         resolve_tasks("mini,mme")
     with pytest.raises(TaskSetupError, match="empty"):
         resolve_tasks(" , ")
-    assert set(GROUPS["paper"]) == set(real.REAL_DATASETS)
+    assert tuple(real.REAL_DATASETS) == PAPER_TASKS == GROUPS["paper"]  # one list, in the same order
 
 
 def test_every_paper_task_has_a_yaml_and_the_yaml_names_match():

@@ -113,7 +113,7 @@ def prefetch(tasks: Sequence[str], data_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mmmamba_bench.eval.tasks import resolve_tasks
+    from mmmamba_bench.benchmarks import resolve_tasks
 
     parser = argparse.ArgumentParser(description="Fetch the real benchmarks into a local datasets cache (online).")
     parser.add_argument("tasks", nargs="?", default="paper", help="task spec, e.g. paper or paper_mme,paper_gqa")

@@ -1,7 +1,8 @@
 """Task discovery and preflight checks for lmms-eval runs.
 
 - :func:`include_paths` gives lmms-eval the folders of this project's task YAMLs (``tasks/mini``, ``tasks/real``).
-- :func:`resolve_tasks` expands a task spec such as ``"mini"``, ``"paper"`` or ``"mini_mme,paper_gqa"``.
+- :func:`resolve_tasks` expands a task spec such as ``"mini"``, ``"paper"`` or ``"mini_mme,paper_gqa"`` (task names
+  and groups are defined in :mod:`mmmamba_bench.benchmarks`, re-exported here).
 - :func:`check_tasks` fails fast, before any model is loaded, with a :class:`TaskSetupError` that names every task
   and what it lacks: generated mini-suite files, local copies of the real datasets, judge credentials.
 
@@ -19,20 +20,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from mmmamba_bench.benchmarks import (GROUPS, JUDGE_TASKS, KNOWN_TASKS, MINI_TASKS, PAPER_TASKS, TaskSetupError,
+                                      resolve_tasks)
 from mmmamba_bench.data import real
 
-MINI_TASKS: tuple[str, ...] = (
-    "mini_mme", "mini_mmbench", "mini_pope", "mini_seed", "mini_sqa", "mini_textvqa", "mini_gqa",
-)
-PAPER_TASKS: tuple[str, ...] = tuple(real.REAL_DATASETS)  # paper_mme ... paper_gqa (POPE as its three splits)
-JUDGE_TASKS: frozenset[str] = frozenset({"paper_mmvet"})
-GROUPS: dict[str, tuple[str, ...]] = {
-    "mini": MINI_TASKS,
-    "paper": PAPER_TASKS,
-    "paper_no_judge": tuple(t for t in PAPER_TASKS if t not in JUDGE_TASKS),
-    "paper_pope": ("paper_pope_adv", "paper_pope_pop", "paper_pope_random"),
-}
-KNOWN_TASKS: frozenset[str] = frozenset(MINI_TASKS) | frozenset(PAPER_TASKS)
+__all__ = ["DOC_CLUSTER", "GROUPS", "JUDGE_TASKS", "KNOWN_TASKS", "MINI_TASKS", "PAPER_TASKS", "TaskSetupError",
+           "check_tasks", "cluster_limit", "include_paths", "resolve_tasks", "write_mini_overlay"]
+
 # Documents that are scored together, stored consecutively: a limited run must take whole clusters, or the headline
 # metric is undefined (MME's acc+ over an image's question pair) or skewed (MMBench's circular groups). The mini POPE
 # file stores each image's 4 random, 4 popular and 4 adversarial questions together, and f1_mean needs all 3 splits.
@@ -43,15 +37,6 @@ JUDGE_CREDENTIALS: dict[str, tuple[str, ...]] = {
     "openai": ("OPENAI_API_KEY",),
     "azure": ("AZURE_API_KEY", "AZURE_ENDPOINT"),
 }
-
-
-class TaskSetupError(RuntimeError):
-    """A task cannot run as set up; ``problems`` lists ``(task, what is missing)``."""
-
-    def __init__(self, problems: list[tuple[str, str]]):
-        self.problems = problems
-        lines = "\n".join(f"  - {task}: {what}" for task, what in problems)
-        super().__init__(f"{len(problems)} task setup problem(s):\n{lines}")
 
 
 def include_paths(mini_data_dir: Path | str | None = None, overlay_dir: Path | str | None = None) -> list[str]:
@@ -91,30 +76,6 @@ def write_mini_overlay(mini_tasks: Path, data_dir: Path, out: Path) -> Path:
                                                                  .resolve())}}}
         (out / f"{task}.yaml").write_text(f"# generated: {task} over {data_dir}\n" + yaml.safe_dump(overlay),
                                           encoding="utf-8")
-    return out
-
-
-def resolve_tasks(spec: str) -> list[str]:
-    """Expand a comma-separated task spec; groups: ``mini``, ``paper``, ``paper_no_judge``, ``paper_pope``.
-
-    Order is kept and duplicates dropped. Unknown names raise :class:`TaskSetupError`.
-    """
-    out: list[str] = []
-    unknown = []
-    for name in (part.strip() for part in spec.split(",")):
-        if not name:
-            continue
-        names = GROUPS.get(name, (name,))
-        for task in names:
-            if task not in KNOWN_TASKS:
-                unknown.append(task)
-            elif task not in out:
-                out.append(task)
-    if unknown:
-        raise TaskSetupError([(t, f"unknown task; known tasks: {sorted(KNOWN_TASKS)}, groups: {sorted(GROUPS)}")
-                              for t in unknown])
-    if not out:
-        raise TaskSetupError([("*", f"empty task spec {spec!r}")])
     return out
 
 
