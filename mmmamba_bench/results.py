@@ -1,5 +1,9 @@
 """Result files: the row schemas the profiler and speed benchmark write and the report reads, and atomic writes.
 
+The package's one way to publish a file or a folder without a reader ever seeing it half-written:
+:func:`atomic_write` (a file: temporary sibling, then a rename) and :func:`publish_dir` (a folder built elsewhere,
+moved into place by one rename).
+
 Every row records the device, dtype and the code path that actually ran (``path``), so a report never mixes a
 Triton-kernel number with a plain-PyTorch one without saying so.
 """
@@ -101,6 +105,28 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def publish_dir(src: str | os.PathLike, dst: str | os.PathLike, last: str | None = None) -> bool:
+    """Move the finished folder ``src`` (on the same file system, e.g. a temporary sibling) to ``dst``.
+
+    When ``dst`` does not exist (or is an empty folder) it appears whole, in one rename: returns True. When it exists
+    and holds files (another writer published it first, or an older copy), each file of ``src`` replaces its
+    namesake in one atomic rename, ``last`` (e.g. a manifest) at the end, and ``src`` is removed: returns False.
+    """
+    src, dst = Path(src), Path(dst)
+    os.chmod(src, 0o755)  # mkdtemp creates 0700; published folders are meant to be shared
+    try:
+        os.rename(src, dst)
+        return True
+    except OSError:
+        if not dst.is_dir():
+            raise
+    names = sorted((p.name for p in src.iterdir()), key=lambda n: (n == last, n))
+    for name in names:
+        os.replace(src / name, dst / name)
+    src.rmdir()
+    return False
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any, default=None) -> Path:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
+import json
+import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ from mmmamba_bench.data.minitasks import BUILDERS, Canvas, Item
 from mmmamba_bench.data.prompts import task_prompt
 from mmmamba_bench.data.sources import SPLITS, load_sources
 from mmmamba_bench.images import to_rgb
+
+log = logging.getLogger(__name__)
 
 SCHEMA_NAME = "mmmamba-bench/minisuite/v1"
 MANIFEST = "manifest.json"
@@ -119,18 +123,25 @@ def _rows(task: str, split: str, items: Sequence[Item]) -> dict[str, list]:
     return columns
 
 
-def _write_parquet_atomic(path: Path, columns: dict[str, list]) -> None:
-    table = pa.Table.from_pydict(columns, schema=SCHEMA)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="snappy", row_group_size=256)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the data is not private
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def suite_present(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds any part of a mini-suite: its manifest or one of its parquet files."""
+    data_dir = Path(data_dir)
+    return (data_dir / MANIFEST).exists() or any(
+        (data_dir / file_name(task, split)).exists() for task in TASKS for split in SPLITS)
+
+
+def ensure_suite(data_dir: Path) -> bool:
+    """Generate the suite into ``data_dir`` when it holds none at all (a fresh install); True if it did.
+
+    A present suite is left alone, even a broken one: checking it is the caller's job (a broken suite is an error
+    to report, not something to overwrite behind the user's back).
+    """
+    if suite_present(data_dir):
+        return False
+    log.info("no mini-suite in %s: generating it (deterministic, from images shipped in scikit-learn and "
+             "scikit-image; takes about 10 s)", data_dir)
+    generate(data_dir)
+    return True
 
 
 def sha256_file(path: Path) -> str:
@@ -141,12 +152,26 @@ def generate(out_dir: Path, seed: int = 0) -> dict:
     """Write every ``{task}_{split}.parquet`` and ``manifest.json`` into ``out_dir``; return the manifest.
 
     Deterministic: the same seed (and package versions) gives byte-identical files. Test images are drawn first, so
-    the test split does not depend on the train/validation sizes.
+    the test split does not depend on the train/validation sizes. The suite is built in a temporary folder beside
+    ``out_dir`` and published by :func:`mmmamba_bench.results.publish_dir`: a new ``out_dir`` appears whole in one
+    rename (two runs generating at once cannot leave a mixture), an existing one gets each file replaced atomically,
+    the manifest last.
     """
-    from mmmamba_bench.results import write_json_atomic
+    from mmmamba_bench.results import publish_dir
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        manifest = _write_suite(tmp, seed)
+        publish_dir(tmp, out_dir, last=MANIFEST)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def _write_suite(out_dir: Path, seed: int) -> dict:
+    """Generate the suite into the (private, empty) folder ``out_dir``; return the manifest."""
     sources = load_sources(seed)
     seen: set[bytes] = set()
     files: dict[str, dict] = {}
@@ -157,7 +182,8 @@ def generate(out_dir: Path, seed: int = 0) -> dict:
             items = BUILDERS[task](Canvas(sources, split, rng, seen), n_items)
             columns = _rows(task, split, items)
             path = out_dir / file_name(task, split)
-            _write_parquet_atomic(path, columns)
+            pq.write_table(pa.Table.from_pydict(columns, schema=SCHEMA), path, compression="snappy",
+                           row_group_size=256)
             files[path.name] = {"task": task, "split": split, "items": n_items, "rows": len(columns["row"]),
                                 "sha256": sha256_file(path)}
     files = dict(sorted(files.items()))
@@ -170,7 +196,7 @@ def generate(out_dir: Path, seed: int = 0) -> dict:
         "test_images": sum(SIZES[t][2] for t in TASKS),
         "files": files,
     }
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
 
