@@ -148,3 +148,29 @@ def test_interrupted_distillation_resumes_bit_identically(tiny_teacher, tiny_dat
     assert distill(TINY_DISTILL, tiny_teacher, tmp_path / "cut", data_dir=tiny_data, progress=False) == cut
     with pytest.raises(FileExistsError):
         distill({**TINY_DISTILL, "seed": 3}, tiny_teacher, tmp_path / "cut", data_dir=tiny_data, progress=False)
+
+
+def test_max_steps_caps_every_stage_and_is_recorded(tiny_teacher, tiny_data, tmp_path):
+    from mmmamba_bench.train.data import EncodedCache
+
+    steps = []
+    encoded = EncodedCache()
+    out = distill(TINY_DISTILL, tiny_teacher, tmp_path / "capped", data_dir=tiny_data, progress=False, max_steps=2,
+                  encoded=encoded, callback=lambda step, loss: steps.append(step))
+    assert steps == [1, 2, 1, 2, 1, 2]  # 2 of each stage's 3 steps
+    stages = out.with_name("capped.stages")
+    for k in (1, 2, 3):
+        record = json.loads((stages / f"stage{k}" / "distill_state.json").read_text())
+        assert (record["steps"], record["max_steps"]) == (2, 2)
+    assert json.loads((out / "distill_state.json").read_text())["max_steps"] == 2
+    # a capped run is another run: the uncapped recipe does not pass for it, nor resume it
+    with pytest.raises(FileExistsError, match="another chain or recipe"):
+        distill(TINY_DISTILL, tiny_teacher, out, data_dir=tiny_data, progress=False)
+    # the encoded training data was kept for the next student of the same teacher and data
+    (items,) = encoded._store.values()
+    steps.clear()
+    distill({**TINY_DISTILL, "layout": "linear"}, tiny_teacher, tmp_path / "linear", data_dir=tiny_data,
+            progress=False, max_steps=1, encoded=encoded, callback=lambda step, loss: steps.append(step))
+    assert steps == [1, 1, 1] and list(encoded._store.values()) == [items]
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+        distill(TINY_DISTILL, tiny_teacher, tmp_path / "zero", data_dir=tiny_data, progress=False, max_steps=0)

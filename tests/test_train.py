@@ -214,6 +214,19 @@ def test_train_teacher_writes_a_loadable_teacher(tiny_teacher, tiny_data):
         train_teacher({**TINY_TEACHER, "seed": 1}, tiny_data, tiny_teacher, progress=False)
 
 
+def test_train_teacher_max_steps_caps_and_records(tiny_data, tmp_path):
+    import json
+
+    from mmmamba_bench.train.teacher import train_teacher
+
+    steps = []
+    out = train_teacher(TINY_TEACHER, tiny_data, tmp_path / "t", progress=False, max_steps=2,
+                        callback=lambda step, loss: steps.append(step))
+    assert steps == [1, 2] and json.loads((out / "distill_state.json").read_text())["max_steps"] == 2
+    with pytest.raises(FileExistsError, match="another recipe"):  # the uncapped recipe is another run
+        train_teacher(TINY_TEACHER, tiny_data, out, progress=False)
+
+
 # ---- teacher losses, augmentation, execution-independent hashes -----------------------------------------------
 
 def test_text_targets_cover_prompt_text_only():

@@ -46,6 +46,24 @@ def load_encoded(processor: Processor, data_dir: Path | None, split: str, tasks:
     return encoded, names
 
 
+class EncodedCache:
+    """Encoded splits kept for later calls in the same process: :func:`load_encoded` runs once per (processor
+    source, data folder, split, tasks, cap). The demo distils two students from one teacher on one data set."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, list[Encoded]] = {}
+
+    def get(self, processor: Processor, source: Path, data_dir: Path | None, split: str,
+            tasks: list[str] | None = None, max_examples: int | None = None) -> list[Encoded]:
+        """The encoded examples of ``split`` (see :func:`load_encoded`); ``source`` is the checkpoint folder the
+        processor (tokenizer, config) was read from, and ``processor.max_tiles`` is part of the key."""
+        key = (str(Path(source).resolve()), None if data_dir is None else str(Path(data_dir).resolve()), split,
+               None if tasks is None else tuple(tasks), max_examples, processor.max_tiles)
+        if key not in self._store:
+            self._store[key], _ = load_encoded(processor, data_dir, split, tasks, max_examples)
+        return self._store[key]
+
+
 class BatchStream:
     """Batch ``step`` of an endless sequence of epochs, each a fresh permutation seeded by (seed, epoch).
 

@@ -42,10 +42,11 @@ import torch.nn.functional as F
 
 from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import Batch, Processor
-from mmmamba_bench.train.data import BatchStream, data_sha256, load_encoded
+from mmmamba_bench.train.data import BatchStream, EncodedCache, data_sha256
 from mmmamba_bench.train.loop import RowFreeze, StepCallback, Trainable, train
-from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, stage_hash
-from mmmamba_bench.train.state import (TrainCheckpoint, read_stage_record, weights_sha256,
+from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, cap_distill_steps, stage_hash
+from mmmamba_bench.results import publish_dir
+from mmmamba_bench.train.state import (STATE_FILE, TrainCheckpoint, read_stage_record, weights_sha256,
                                        write_stage_record)
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ class StageInputs:
     device: str
     dtype: torch.dtype
     data_sha256: str  # identity of the training data (train.data.data_sha256)
+    max_steps: int | None = None  # the cap on each stage's steps, if any (recorded in every stage record)
 
 
 def check_chain(stage: int, input_dir: Path, after: int | None = None) -> dict:
@@ -227,7 +229,8 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
         "input": {"path": str(input_dir), "stage": record_in["stage"], "weights_sha256": record_in["weights_sha256"]},
         "chain": list(record_in.get("chain", [])) + [stage],
         "teacher": record_in.get("teacher"), "layout": record_in.get("layout"),
-        "steps": cfg.steps, "last_losses": losses[-10:], "seconds_this_run": round(time.perf_counter() - t0, 1),
+        "steps": cfg.steps, "max_steps": inputs.max_steps, "last_losses": losses[-10:],
+        "seconds_this_run": round(time.perf_counter() - t0, 1),
     }
 
     def add_record(tmp: Path) -> None:  # weights and record are published together (one rename)
@@ -278,28 +281,36 @@ def parse_stages(stages: str | Sequence[int], allow_skip: bool = False) -> list[
 def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
             stages: str | Sequence[int] = (1, 2, 3), *, data_dir: str | os.PathLike | None = None,
             allow_skip: bool = False, device: str | None = None, progress: bool = True,
-            callback: StepCallback | None = None, evaluate: bool = True) -> Path:
+            callback: StepCallback | None = None, evaluate: bool = True, max_steps: int | None = None,
+            encoded: EncodedCache | None = None) -> Path:
     """Seed and distil a student from ``teacher_dir``; the final model lands in ``out_dir`` (returned).
 
     Rerunning the same call skips finished stages (after checking their records match this recipe and input) and
     resumes an interrupted stage from its last training checkpoint. ``callback(step, loss)`` runs after every
-    optimizer step (tests use it to simulate an interruption). A second run on the same ``out_dir`` is refused while
-    the first holds it (:mod:`mmmamba_bench.outputs`).
+    optimizer step (tests use it to simulate an interruption). ``max_steps`` caps every stage's steps (a smoke run,
+    :func:`~mmmamba_bench.train.recipe.cap_distill_steps`; recorded as ``max_steps`` in each stage record).
+    ``encoded``: a cache of encoded training data shared between calls in one process (the demo distils two
+    students from one teacher on one data set); it changes nothing but the time spent encoding. A second run on the
+    same ``out_dir`` is refused while the first holds it (:mod:`mmmamba_bench.outputs`).
     """
     from mmmamba_bench.outputs import check_output_target, output_lock
 
     check_output_target(out_dir, "--out")
     with output_lock(out_dir, "distill"):
         return _distill(recipe, teacher_dir, out_dir, stages, data_dir=data_dir, allow_skip=allow_skip,
-                        device=device, progress=progress, callback=callback, evaluate=evaluate)
+                        device=device, progress=progress, callback=callback, evaluate=evaluate, max_steps=max_steps,
+                        encoded=encoded)
 
 
 def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
              stages: str | Sequence[int], *, data_dir: str | os.PathLike | None, allow_skip: bool,
-             device: str | None, progress: bool, callback: StepCallback | None, evaluate: bool) -> Path:
+             device: str | None, progress: bool, callback: StepCallback | None, evaluate: bool,
+             max_steps: int | None, encoded: EncodedCache | None) -> Path:
     from mmmamba_bench.checkpoint import load_model
 
     recipe = as_recipe(recipe, DistillRecipe)
+    if max_steps is not None:
+        recipe = cap_distill_steps(recipe, max_steps)
     chain = parse_stages(stages, allow_skip)
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     data_dir = Path(data_dir) if data_dir is not None else None
@@ -346,8 +357,10 @@ def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pa
                 for p in teacher.parameters():
                     p.requires_grad_(False)
                 processor = Processor.from_pretrained(teacher_dir, max_tiles=recipe.data.max_tiles)
-                items, _ = load_encoded(processor, data_dir, "train", recipe.data.tasks, recipe.data.max_examples)
-                inputs = StageInputs(recipe, teacher, teacher_dir, processor, items, device, dtype, data_hash)
+                items = (encoded or EncodedCache()).get(processor, teacher_dir, data_dir, "train", recipe.data.tasks,
+                                                        recipe.data.max_examples)
+                inputs = StageInputs(recipe, teacher, teacher_dir, processor, items, device, dtype, data_hash,
+                                     max_steps)
             run_stage(k, inputs, prev_dir, dest, work_root / ".work" / f"stage{k}", after=prev_stage,
                       progress=progress, callback=callback)
         prev_dir, prev_stage = dest, k
@@ -373,4 +386,4 @@ def publish(src: Path, dst: Path, record: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     write_stage_record(tmp, record)
-    os.replace(tmp, dst)
+    publish_dir(tmp, dst, last=STATE_FILE)

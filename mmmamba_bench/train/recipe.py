@@ -9,6 +9,7 @@ Two recipe kinds:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import types
@@ -269,3 +270,26 @@ def stage_hash(recipe: DistillRecipe, stage: int) -> str:
     shared = {k: v for k, v in asdict(recipe).items() if not k.startswith("stage") and k not in EXECUTION_FIELDS}
     payload = {"shared": shared, "stage": stage, "config": asdict(recipe.stage(stage))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _check_cap(max_steps: int) -> None:
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise RecipeError(f"max_steps must be a positive integer, got {max_steps!r}")
+
+
+def cap_distill_steps(recipe: DistillRecipe, max_steps: int) -> DistillRecipe:
+    """``recipe`` with each stage's ``steps`` capped at ``max_steps`` (a smoke run: the same chain, a few steps).
+
+    The stage hashes change with the steps, so a capped run never passes for, or resumes, an uncapped one.
+    """
+    _check_cap(max_steps)
+    capped = {f"stage{k}": dataclasses.replace(recipe.stage(k), steps=min(recipe.stage(k).steps, max_steps))
+              for k in (1, 2, 3)}
+    return dataclasses.replace(recipe, **capped)
+
+
+def cap_teacher_steps(recipe: TeacherRecipe, max_steps: int) -> TeacherRecipe:
+    """``recipe`` with ``optim.steps`` capped at ``max_steps`` (changes :func:`recipe_hash`, like any step count)."""
+    _check_cap(max_steps)
+    return dataclasses.replace(recipe, optim=dataclasses.replace(recipe.optim,
+                                                                 steps=min(recipe.optim.steps, max_steps)))

@@ -27,7 +27,8 @@ from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import IGNORE, Batch, Processor
 from mmmamba_bench.train.data import BatchStream, data_sha256, load_encoded
 from mmmamba_bench.train.loop import StepCallback, Trainable, train
-from mmmamba_bench.train.recipe import AugmentConfig, TeacherRecipe, as_recipe, recipe_hash
+from mmmamba_bench.train.recipe import (AugmentConfig, TeacherRecipe, as_recipe, cap_teacher_steps,
+                                        recipe_hash)
 from mmmamba_bench.train.state import TrainCheckpoint, read_stage_record, write_stage_record
 
 log = logging.getLogger(__name__)
@@ -136,24 +137,30 @@ def held_out_loss(model: MMMambaChatModel, processor: Processor, items, batch_si
 
 def train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.PathLike | None,
                   out_dir: str | os.PathLike, *, progress: bool = True,
-                  callback: StepCallback | None = None, device: str | None = None) -> Path:
+                  callback: StepCallback | None = None, device: str | None = None,
+                  max_steps: int | None = None) -> Path:
     """Train the tiny teacher and write it to ``out_dir`` (released layout + tokenizer.json); returns ``out_dir``.
 
     Rerunning the same call resumes from ``<out_dir>.work`` (the resumable checkpoint) or returns at once when
     ``out_dir`` already holds the finished teacher of this recipe; a finished teacher of another recipe or data is
     refused. A second run on the same ``out_dir`` is refused while the first holds it (:mod:`mmmamba_bench.outputs`).
+    ``max_steps`` caps the recipe's steps (a smoke run; :func:`~mmmamba_bench.train.recipe.cap_teacher_steps`,
+    recorded as ``max_steps`` in the teacher's record).
     """
     from mmmamba_bench.outputs import check_output_target, output_lock
 
     check_output_target(out_dir, "--out")
     with output_lock(out_dir, "train-teacher"):
-        return _train_teacher(recipe, data_dir, out_dir, progress=progress, callback=callback, device=device)
+        return _train_teacher(recipe, data_dir, out_dir, progress=progress, callback=callback, device=device,
+                              max_steps=max_steps)
 
 
 def _train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os.PathLike | None,
                    out_dir: str | os.PathLike, *, progress: bool, callback: StepCallback | None,
-                   device: str | None) -> Path:
+                   device: str | None, max_steps: int | None) -> Path:
     recipe = as_recipe(recipe, TeacherRecipe)
+    if max_steps is not None:
+        recipe = cap_teacher_steps(recipe, max_steps)
     if device is not None:
         recipe = dataclasses.replace(recipe, device=device)
     data_dir = Path(data_dir) if data_dir is not None else None
@@ -215,7 +222,7 @@ def _train_teacher(recipe: TeacherRecipe | str | os.PathLike, data_dir: str | os
     log.info("teacher: validation loss %.4f; exact match %s", val_loss, format_scores(scores))
     from mmmamba_bench.checkpoint import save_model
 
-    record = {"stage": "teacher", "recipe_sha256": rhash, "validation_loss": val_loss,
+    record = {"stage": "teacher", "recipe_sha256": rhash, "max_steps": max_steps, "validation_loss": val_loss,
               "data_manifest_sha256": data_hash, "device": str(recipe.device),
               "validation_exact_match": scores, "train_seconds": round(train_s, 1),
               "total_seconds": round(time.perf_counter() - t0, 1), "parameters": n_params}
