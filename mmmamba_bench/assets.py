@@ -37,7 +37,7 @@ def _package_dir() -> Path:
     return Path(str(resources.files("mmmamba_bench")))
 
 
-def _checkout_root() -> Path | None:
+def checkout_root() -> Path | None:
     """The source checkout holding the imported package (editable install), recognised by its pyproject.toml."""
     root = _package_dir().parent
     pyproject = root / "pyproject.toml"
@@ -63,7 +63,7 @@ def asset_root() -> Path:
             raise AssetsNotFound(f"the installed package data {packaged} lacks {', '.join(missing)}: a broken "
                                  f"install; reinstall mmmamba-bench or set ${HOME_ENV}")
         return packaged
-    checkout = _checkout_root()
+    checkout = checkout_root()
     if checkout is not None and not _missing(checkout):
         return checkout
     raise AssetsNotFound(f"no task YAMLs / model cards / recipes found: not in ${HOME_ENV} (unset), not in the "
@@ -73,7 +73,7 @@ def asset_root() -> Path:
 
 def is_checkout() -> bool:
     """True when the assets are a source checkout's own folders (generated files may go next to them)."""
-    checkout = _checkout_root()
+    checkout = checkout_root()
     return checkout is not None and asset_root() == checkout
 
 

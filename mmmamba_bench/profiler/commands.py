@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from mmmamba_bench.profiler.memory import (apply_memory_cap, device_name, free_memory, is_oom,
-                                           measure_copy_bandwidth, nvml_used_bytes)
+from mmmamba_bench.profiler.memory import (apply_memory_cap, free_memory, is_oom, measure_copy_bandwidth,
+                                           nvml_used_bytes)
 from mmmamba_bench.profiler.models import build_model, model_label
+from mmmamba_bench.provenance import device_name
 from mmmamba_bench.profiler.run import BASELINES, ProfileSettings, profile_context, profile_peer, speed_run
 from mmmamba_bench.results import PROFILE_SCHEMA, SPEED_SCHEMA, ProfileRow, SpeedRow, write_rows
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -12,12 +11,6 @@ from dataclasses import dataclass
 import torch
 
 log = logging.getLogger(__name__)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} cores)"
 
 
 def synchronize(device: torch.device) -> None:

@@ -19,8 +19,9 @@ import torch
 from mmmamba_bench.fast.decoder import FastDecoder
 from mmmamba_bench.generation import prefill
 from mmmamba_bench.profiler import floor as fl
-from mmmamba_bench.profiler.memory import (MemoryCap, MemoryMeter, device_name, free_memory, is_oom,
-                                           nvml_used_bytes, synchronize)
+from mmmamba_bench.profiler.memory import (MemoryCap, MemoryMeter, free_memory, is_oom, nvml_used_bytes,
+                                           synchronize)
+from mmmamba_bench.provenance import device_name
 from mmmamba_bench.results import ProfileRow, SpeedRow
 
 log = logging.getLogger(__name__)
