@@ -364,3 +364,22 @@ def test_cluster_limit_takes_whole_clusters():
     for bad in (0, -5, 2.5, True):
         with pytest.raises(ValueError, match="--limit must be a positive integer"):
             cluster_limit(["mini_mme"], bad)
+
+
+def test_data_identity_names_the_cache_folders_and_hashes(tmp_path):
+    import hashlib
+
+    from mmmamba_bench.eval.tasks import data_identity
+
+    _fake_cached(tmp_path, real.REAL_DATASETS["paper_gqa"][0])
+    identity = data_identity(["paper_gqa"], tmp_path)
+    assert set(identity) == {"real"} and identity["real"]["dir"] == str(tmp_path.resolve())
+    questions, images = identity["real"]["tasks"]["paper_gqa"]
+    info = tmp_path / "lmms-lab-encoder___gqa" / "testdev_balanced_instructions" / "0.0.0" / "abc123"
+    assert questions == {"dataset": "lmms-lab-encoder/GQA", "config": "testdev_balanced_instructions",
+                         "split": "testdev", "folder": str(info.relative_to(tmp_path)),
+                         "dataset_info_sha256": hashlib.sha256((info / "dataset_info.json").read_bytes()).hexdigest()}
+    assert images["config"] == "testdev_balanced_images" and images["folder"] is None  # not cached: said, not hidden
+    (info / "dataset_info.json").write_text((info / "dataset_info.json").read_text() + " ")
+    assert data_identity(["paper_gqa"], tmp_path)["real"]["tasks"]["paper_gqa"][0]["dataset_info_sha256"] != \
+        questions["dataset_info_sha256"]  # other local data, another identity

@@ -13,6 +13,7 @@ Fetch once (network needed; public datasets, several GB for SEED-Bench and MMMU)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -86,6 +87,20 @@ def cached_splits(ds: HubDataset, data_dir: Path) -> dict[str, Path]:
         for split in splits:
             found.setdefault(split, info.parent)
     return found
+
+
+def fingerprint(task: str, data_dir: Path) -> list[dict[str, str | None]]:
+    """What identifies the local data of ``task``: per dataset, the cache folder holding its split (datasets names it
+    by config, version and content hash) and the sha256 of its ``dataset_info.json`` (None where it is missing)."""
+    out = []
+    for ds in REAL_DATASETS[task]:
+        folder = cached_splits(ds, data_dir).get(ds.split)
+        info = folder / "dataset_info.json" if folder is not None else None
+        out.append({"dataset": ds.repo, "config": ds.config, "split": ds.split,
+                    "folder": str(folder.relative_to(data_dir)) if folder is not None else None,
+                    "dataset_info_sha256": (hashlib.sha256(info.read_bytes()).hexdigest()
+                                            if info is not None and info.is_file() else None)})
+    return out
 
 
 def missing_data(task: str, data_dir: Path) -> list[str]:

@@ -23,6 +23,11 @@ import torch
 log = logging.getLogger(__name__)
 
 MODEL_ID = "mmmamba"  # lmms-eval's name for this adapter (registered by the top-level mmmamba_bench_lmms_eval)
+# How answers are computed (recorded with the scores): generate_until decodes greedily (or samples) with
+# generation.generate, a prefill then one-token steps over a cache allocated up front, in eager PyTorch;
+# loglikelihood scores a continuation with one full forward pass.
+DECODE_PATH = "mmmamba_bench.generation.generate: prefill + one-token steps over a fixed-shape cache (eager)"
+LOGLIKELIHOOD_PATH = "one full forward pass over prompt + continuation"
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,17 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         self._device = torch.device(device)
         log.info("mmmamba adapter: %s (%s, %s layers) on %s %s, code path %s", self.label, self.model.config.kind,
                  self.model.config.num_layers, device, torch_dtype, self.model.code_path.as_dict())
+
+    def code_path(self) -> dict[str, str]:
+        """What computes this evaluation's answers: the model's kernels (SSD scan / state update, attention, conv),
+        the decode path, whether a CUDA graph runs, the dtype and the device (recorded in the results JSON)."""
+        from mmmamba_bench.provenance import device_name
+
+        path = self.model.code_path.as_dict()
+        return {**path, "decode": DECODE_PATH, "loglikelihood": LOGLIKELIHOOD_PATH,
+                "cuda_graph": "no" if path.get("graph", "none") == "none" else "yes",
+                "dtype": str(self.model.dtype).replace("torch.", ""), "device": str(self._device),
+                "device_name": device_name(self._device)}
 
     # ---- requests ------------------------------------------------------------------------------------------
     def _visuals(self, doc_to_visual, doc_id, task, split) -> list:

@@ -18,14 +18,14 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from mmmamba_bench.benchmarks import (GROUPS, JUDGE_TASKS, KNOWN_TASKS, MINI_TASKS, PAPER_TASKS, TaskSetupError,
                                       resolve_tasks)
 from mmmamba_bench.data import real
 
 __all__ = ["DOC_CLUSTER", "GROUPS", "JUDGE_TASKS", "KNOWN_TASKS", "MINI_TASKS", "PAPER_TASKS", "TaskSetupError",
-           "check_tasks", "cluster_limit", "include_paths", "resolve_tasks", "write_mini_overlay"]
+           "check_tasks", "cluster_limit", "data_identity", "include_paths", "resolve_tasks", "write_mini_overlay"]
 
 # Documents that are scored together, stored consecutively: a limited run must take whole clusters, or the headline
 # metric is undefined (MME's acc+ over an image's question pair) or skewed (MMBench's circular groups). The mini POPE
@@ -130,6 +130,28 @@ def _judge_problems() -> list[str]:
         return [f"needs a GPT judge (API_TYPE={api_type}): set {' and '.join(missing)} (and MODEL_VERSION for the "
                 f"judge model), or leave this task out (task group `paper_no_judge`)"]
     return []
+
+
+def data_identity(task_names: Iterable[str], data_dir: Path | str | None = None, *,
+                  mini_data_dir: Path | str | None = None) -> dict[str, Any]:
+    """What identifies the data these tasks read (recorded with the scores): the mini-suite's folder and the sha256
+    of its ``manifest.json`` (which lists every file's sha256); per real task, its datasets' cache folders and
+    ``dataset_info.json`` hashes (:func:`mmmamba_bench.data.real.fingerprint`)."""
+    from mmmamba_bench.assets import default_mini_data_dir
+    from mmmamba_bench.data import minisuite
+
+    task_names = list(task_names)
+    out: dict[str, Any] = {}
+    if any(t in MINI_TASKS for t in task_names):
+        mini_dir = Path(mini_data_dir) if mini_data_dir is not None else default_mini_data_dir()
+        manifest = mini_dir / minisuite.MANIFEST
+        out["mini_suite"] = {"dir": str(mini_dir.resolve()),
+                             "manifest_sha256": minisuite.sha256_file(manifest) if manifest.is_file() else None}
+    paper = [t for t in task_names if t in PAPER_TASKS]
+    if paper:
+        real_dir = Path(data_dir).expanduser() if data_dir is not None else real.default_data_dir()
+        out["real"] = {"dir": str(real_dir.resolve()), "tasks": {t: real.fingerprint(t, real_dir) for t in paper}}
+    return out
 
 
 def check_tasks(task_names: Iterable[str], data_dir: Path | str | None = None, *,
