@@ -1,6 +1,9 @@
 """``mmmamba-bench``: one command-line entry for conversion, evaluation, distillation, profiling and reports.
 
-Each subcommand lives in its own small function; heavy imports happen inside them so ``--help`` is instant.
+A thin leaf over the library: each subcommand parses its flags and calls one library function (``seeding.convert``,
+``eval.runner.run_eval``, ``train.distill.distill``, ``demo.run_demo`` ...); expected user errors become one line
+and exit code 2. Nothing in the package imports this module. Heavy imports happen inside the subcommands, so
+``--help`` stays quick.
 """
 
 from __future__ import annotations
@@ -96,8 +99,13 @@ def _cmd_data(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the main job end to end on the embedded default (offline, CPU, minutes)")
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
-    p.add_argument("--data-dir", type=Path, default=None, help="mini-suite folder (default: tasks/mini/data)")
+    p.add_argument("--smoke", action="store_true",
+                   help="the same chain on a tiny budget (a few training steps per stage, a few documents per task, "
+                        "tiny contexts): checks that every step runs, in a few minutes; default --out demo_smoke")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: demo_out, or demo_smoke with "
+                                                          "--smoke)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="mini-suite folder (default: tasks/mini/data, or <out>/data with --smoke)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming")
     p.add_argument("--teacher", choices=("embedded", "train"), default="embedded",
                    help="embedded: the teacher shipped in models/demo-teacher (default); train: retrain it with "
@@ -106,9 +114,10 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    from mmmamba_bench.demo import run_demo
+    from mmmamba_bench.demo import FULL, SMOKE, run_demo
 
-    run_demo(args.out, data_dir=args.data_dir, fresh=args.fresh, teacher=args.teacher)
+    run_demo(args.out, data_dir=args.data_dir, fresh=args.fresh, teacher=args.teacher,
+             budget=SMOKE if args.smoke else FULL)
     return 0
 
 

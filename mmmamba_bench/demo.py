@@ -1,40 +1,73 @@
-"""``mmmamba-bench demo``: the whole harness, offline, on the embedded default.
+"""``mmmamba-bench demo``: the whole harness, offline, on the embedded default; ``--smoke``: the same chain, tiny.
 
-It chains the very commands a researcher runs on real checkpoints, only on a tiny HoVLE-architecture teacher
+It chains the library calls a researcher makes on real checkpoints, only on a tiny HoVLE-architecture teacher
 trained on the offline mini-suite:
 
-    data -> [train-teacher] -> convert (seeded, undistilled) -> distill linear -> distill hybrid
-         -> eval (x4, lmms-eval) -> profile -> report
+    preflight -> data -> [train-teacher] -> convert (seeded, undistilled) -> distill linear -> distill hybrid
+              -> eval (x4, lmms-eval) -> profile -> report
 
 The teacher is by default the embedded one (``models/demo-teacher/``, card ``models/demo-teacher.yaml``): trained by
 ``mmmamba-bench train-teacher --recipe distill/teacher-demo.yaml`` (11,000 steps: minutes on a GPU, about an hour
-on 2 CPU cores). ``--teacher train`` retrains it with that recipe as the chain's second step.
+on 2 CPU cores). ``teacher="train"`` retrains it with that recipe as the chain's second step.
 
-Each step writes its output atomically and is skipped when that output already exists, so an interrupted demo
-resumes where it stopped (``--fresh`` starts over).
+The smoke chain (:data:`SMOKE`) runs exactly the same steps with a smaller :class:`Budget` (a few training
+steps per stage, a few documents per task, tiny contexts): CI runs it so that a step that cannot run never lands.
+The full chain is :data:`FULL`; the two differ in nothing but their budgets.
+
+Before any step, :func:`preflight` checks in seconds that everything the later steps import and read works
+(lmms-eval's evaluator and what it imports when called, datasets, the report's libraries, the recipes, the teacher
+checkpoint, the mini-suite if present). Each step writes its output atomically and is skipped when that output
+already exists, so an interrupted demo resumes where it stopped (``fresh=True`` starts over). A step's error is not
+caught: it reaches the caller as raised.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from mmmamba_bench.assets import recipes_dir
 from mmmamba_bench.results import write_json_atomic
 
+log = logging.getLogger(__name__)
+
 MODELS = ("teacher", "seeded-linear", "linear", "hybrid")
 EMBEDDED_TEACHER = "demo-teacher"  # model card of the teacher shipped in the repository
 TEACHER_MODES = ("embedded", "train")
+TITLE = "mmmamba-bench demo (offline mini-suite)"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much each step of the chain does; everything else (steps, recipes, models, settings) is shared."""
+
+    name: str
+    distill_max_steps: int | None  # cap on each distillation stage's steps (None: the recipes' own)
+    teacher_max_steps: int | None  # cap on the teacher's training steps (``teacher="train"`` only)
+    eval_limit: int | None  # documents per mini task (None: all; rounded up to whole scoring clusters)
+    profile_contexts: tuple[int, ...]  # prompt lengths the profiler decodes after
+    profile_steps: int  # timed decode steps per context
+    profile_warmup: int
+
+
+FULL = Budget("full", distill_max_steps=None, teacher_max_steps=None, eval_limit=None,
+              profile_contexts=(128, 256, 512, 1024), profile_steps=20, profile_warmup=10)
+SMOKE = Budget("smoke", distill_max_steps=2, teacher_max_steps=2, eval_limit=4,
+               profile_contexts=(32, 64), profile_steps=2, profile_warmup=1)
+BUDGETS = {b.name: b for b in (FULL, SMOKE)}
 
 
 @dataclass
 class Step:
     name: str
-    argv: list[str]
-    done_when: Path  # the step is skipped if this exists
+    run: Callable[[], object]
+    output: Path  # written atomically by the step; the step is skipped when it exists
 
 
 def embedded_teacher() -> Path:
@@ -43,37 +76,97 @@ def embedded_teacher() -> Path:
     return resolve_model(EMBEDDED_TEACHER)
 
 
-def plan(out: Path, data_dir: Path, teacher: str = "embedded") -> list[Step]:
+def default_out(budget: Budget) -> Path:
+    """``demo_out`` for the full chain, ``demo_smoke`` for the smoke chain: a smoke run never touches a full one."""
+    return Path("demo_out" if budget is FULL else f"demo_{budget.name}")
+
+
+def default_data_dir(out: Path, budget: Budget) -> Path:
+    """The mini-suite folder: the shared default for the full chain; inside ``out`` for the smoke chain, so that
+    its data step always runs and writes nowhere else."""
+    from mmmamba_bench.assets import default_mini_data_dir
+
+    return default_mini_data_dir() if budget is FULL else out / "data"
+
+
+def _results_file(folder: Path) -> Path:
+    """The newest ``*_results.json`` in ``folder`` (written last by an evaluation), or ``folder/*_results.json``
+    (which does not exist) when there is none."""
+    found = sorted(folder.glob("*_results.json"))
+    return found[-1] if found else folder / "*_results.json"
+
+
+def plan(out: Path, data_dir: Path, teacher: str = "embedded", budget: Budget = FULL) -> list[Step]:
+    """The chain's steps, in order, as library calls with ``budget``'s sizes (nothing runs here)."""
+    from mmmamba_bench.data.minisuite import generate
+    from mmmamba_bench.eval.runner import run_eval
+    from mmmamba_bench.report import build_report
+    from mmmamba_bench.seeding import convert
+    from mmmamba_bench.train.data import EncodedCache
+    from mmmamba_bench.train.distill import distill
+    from mmmamba_bench.train.teacher import train_teacher
+
     if teacher not in TEACHER_MODES:
         raise ValueError(f"teacher must be one of {TEACHER_MODES}, got {teacher!r}")
     m = {name: out / "models" / name for name in MODELS}
-    results = out / "results"
-    steps = [Step("data", ["data", "--out", str(data_dir)], data_dir / "manifest.json")]
+    results, profile = out / "results", out / "profile.json"
+    encoded = EncodedCache()  # the two students are distilled from one teacher on one data set: encode it once
+    steps = [Step("data", lambda: generate(data_dir), data_dir / "manifest.json")]
     if teacher == "embedded":
         m["teacher"] = embedded_teacher()
     else:
-        steps.append(Step("train-teacher", ["train-teacher", "--recipe", str(recipes_dir() / "teacher-demo.yaml"), "--data",
-                                             str(data_dir), "--out", str(m["teacher"])], m["teacher"]))
-    steps += [
-        Step("convert", ["convert", "--teacher", str(m["teacher"]), "--out", str(m["seeded-linear"]), "--layout",
-                         "linear", "--init", "mimic", "--seed", "0"], m["seeded-linear"]),
-        Step("distill-linear", ["distill", "--recipe", str(recipes_dir() / "linear-demo.yaml"), "--teacher",
-                                str(m["teacher"]), "--data", str(data_dir), "--out", str(m["linear"])], m["linear"]),
-        Step("distill-hybrid", ["distill", "--recipe", str(recipes_dir() / "hybrid-demo.yaml"), "--teacher",
-                                str(m["teacher"]), "--data", str(data_dir), "--out", str(m["hybrid"])], m["hybrid"]),
-    ]
+        steps.append(Step("train-teacher", lambda: train_teacher(
+            recipes_dir() / "teacher-demo.yaml", data_dir, m["teacher"], max_steps=budget.teacher_max_steps),
+            m["teacher"]))
+    steps.append(Step("convert", lambda: convert(m["teacher"], m["seeded-linear"], layout="linear", init="mimic",
+                                                 seed=0), m["seeded-linear"]))
+    for layout in ("linear", "hybrid"):
+        steps.append(Step(f"distill-{layout}", lambda layout=layout: distill(
+            recipes_dir() / f"{layout}-demo.yaml", m["teacher"], m[layout], data_dir=data_dir,
+            max_steps=budget.distill_max_steps, encoded=encoded), m[layout]))
     for name in MODELS:
-        steps.append(Step(f"eval-{name}", ["eval", "--model", str(m[name]), "--tasks", "mini", "--output",
-                                           str(results), "--label", name, "--device", "cpu", "--dtype", "float32",
-                                           "--batch-size", "32"], results / name))
-    steps.append(Step("profile", ["profile", "--models", ",".join(str(m[n]) for n in ("teacher", "linear", "hybrid")),
-                                  "--contexts", "128,256,512,1024", "--device", "cpu", "--dtype", "float32",
-                                  "--steps", "20",
-                                  "--out", str(out / "profile.json")], out / "profile.json"))
-    steps.append(Step("report", ["report", "--results", str(results), "--profile", str(out / "profile.json"),
-                                 "--out", str(out / "report"), "--title", "mmmamba-bench demo (offline mini-suite)"],
+        steps.append(Step(f"eval-{name}", lambda name=name: run_eval(
+            m[name], "mini", results, label=name, device="cpu", dtype="float32", batch_size=32,
+            limit=budget.eval_limit, mini_data_dir=data_dir), _results_file(results / name)))
+    steps.append(Step("profile", lambda: _profile([m[n] for n in ("teacher", "linear", "hybrid")], profile, budget),
+                      profile))
+    steps.append(Step("report", lambda: build_report([results], [profile], [], out / "report", title=TITLE),
                       out / "report" / "report.md"))
     return steps
+
+
+def _profile(models: list[Path], out: Path, budget: Budget) -> None:
+    """Profile into a temporary name, renamed when every context is done (the profiler rewrites its file after each
+    context, so ``out`` existing means complete)."""
+    import torch
+
+    from mmmamba_bench.profiler.commands import run_profile
+
+    partial = out.with_name(f".{out.name}.partial")
+    run_profile([str(p) for p in models], list(budget.profile_contexts), ["optimized"], partial,
+                torch.device("cpu"), torch.float32, steps=budget.profile_steps, warmup=budget.profile_warmup)
+    partial.replace(out)
+
+
+def preflight(out: Path, data_dir: Path, teacher: str) -> None:
+    """Everything the chain's steps import and read, checked before the first one runs
+    (:mod:`mmmamba_bench.preflight`): lmms-eval's evaluator and its call-time imports, datasets, tokenizers,
+    transformers, the data generator's and the report's libraries; the recipes; the embedded teacher's config,
+    weight headers and tokenizer; the mini-suite when one is present; the output folder."""
+    from mmmamba_bench import preflight as pf
+    from mmmamba_bench.data.minisuite import suite_present
+    from mmmamba_bench.eval.tasks import MINI_TASKS, check_tasks
+    from mmmamba_bench.train.recipe import DistillRecipe, TeacherRecipe, load_recipe
+
+    pf.check([*pf.evaluation_needs(), *pf.DATA_GENERATION, *pf.REPORT],
+             checkpoints=[embedded_teacher()] if teacher == "embedded" else [])
+    for layout in ("linear", "hybrid"):
+        load_recipe(recipes_dir() / f"{layout}-demo.yaml", DistillRecipe)
+    if teacher == "train":
+        load_recipe(recipes_dir() / "teacher-demo.yaml", TeacherRecipe)
+    if suite_present(data_dir):
+        check_tasks(MINI_TASKS, mini_data_dir=data_dir)  # a present but broken suite: now, not after distillation
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def check_teacher_data(teacher_dir: Path, data_dir: Path) -> None:
@@ -85,42 +178,60 @@ def check_teacher_data(teacher_dir: Path, data_dir: Path) -> None:
     want = (read_stage_record(teacher_dir) or {}).get("data_manifest_sha256")
     have = sha256_file(data_dir / MANIFEST) if (data_dir / MANIFEST).is_file() else None
     if want and have != want:
-        print(f"[demo] warning: the teacher in {teacher_dir} was trained on mini-suite data with manifest sha256 "
-              f"{want[:12]}..., but {data_dir / MANIFEST} has {str(have)[:12]}... (other package versions?); its "
-              f"scores may differ from its record. `mmmamba-bench demo --teacher train` retrains it on this data.")
+        log.warning("the teacher in %s was trained on mini-suite data with manifest sha256 %s..., but %s has %s... "
+                    "(other package versions?); its scores may differ from its record. `mmmamba-bench demo "
+                    "--teacher train` retrains it on this data.", teacher_dir, want[:12], data_dir / MANIFEST,
+                    str(have)[:12])
 
 
-def run_demo(out: Path, data_dir: Path | None = None, fresh: bool = False, teacher: str = "embedded") -> Path:
-    from mmmamba_bench.cli import main as cli_main
-    from mmmamba_bench.data.minisuite import default_data_dir
+def _say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
 
-    data_dir = data_dir or default_data_dir()
+
+def run_demo(out: Path | None = None, data_dir: Path | None = None, fresh: bool = False, teacher: str = "embedded",
+             budget: Budget = FULL) -> Path:
+    """Run (or resume) the chain into ``out`` (default :func:`default_out`); returns the report's path.
+
+    ``out/demo_settings.json`` records the teacher mode and the budget; resuming a folder made with other settings
+    is refused. ``out/timings.json`` records each step's seconds.
+    """
+    out = Path(out) if out is not None else default_out(budget)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir(out, budget)
+    if teacher not in TEACHER_MODES:
+        raise ValueError(f"teacher must be one of {TEACHER_MODES}, got {teacher!r}")
+    settings = {"teacher": teacher, "budget": budget.name}
+    settings_file = out / "demo_settings.json"
+    if not fresh and settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
+        raise RuntimeError(f"{out} holds a demo run with other settings ({settings_file.read_text().strip()}, this "
+                           f"run: {json.dumps(settings)}); rerun with --fresh or choose another --out")
+    t_all = time.perf_counter()
+    preflight(out, data_dir, teacher)
+    preflight_s = round(time.perf_counter() - t_all, 1)
+    _say(f"preflight: everything the steps need imports and reads ({preflight_s} s)")
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings_file = out / "demo_settings.json"
-    settings = {"teacher": teacher}
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        raise RuntimeError(f"{out} holds a demo run with other settings ({settings_file.read_text().strip()}); "
-                           f"rerun with --fresh or choose another --out")
     write_json_atomic(settings_file, settings)
     timings_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
-    t_all = time.perf_counter()
-    for step in plan(out, data_dir, teacher):
+    timings["preflight"] = preflight_s
+    for step in plan(out, data_dir, teacher, budget):
         if step.name == "convert" and teacher == "embedded":
             check_teacher_data(embedded_teacher(), data_dir)
-        if step.done_when.exists():
-            print(f"[demo] {step.name}: done already ({step.done_when})")
+        if step.output.exists():
+            _say(f"{step.name}: done already ({step.output})")
             continue
-        print(f"[demo] {step.name}: mmmamba-bench {' '.join(step.argv)}", flush=True)
+        _say(f"{step.name} ...")
         t0 = time.perf_counter()
-        rc = cli_main(step.argv)
-        if rc != 0:
-            raise RuntimeError(f"demo step {step.name!r} failed (exit {rc}); rerun to resume from this step")
+        try:
+            step.run()
+        except BaseException:
+            print(f"[demo] step {step.name!r} failed after {time.perf_counter() - t0:.0f} s; rerun the same command "
+                  f"to resume from it", file=sys.stderr, flush=True)
+            raise
         timings[step.name] = round(time.perf_counter() - t0, 1)
         write_json_atomic(timings_file, timings)
     report = out / "report" / "report.md"
-    print(f"[demo] finished in {time.perf_counter() - t_all:.0f} s this run "
-          f"({sum(timings.values()):.0f} s over all runs); report: {report}")
+    _say(f"finished in {time.perf_counter() - t_all:.0f} s this run ({sum(timings.values()):.0f} s of steps over all "
+         f"runs); report: {report}")
     return report

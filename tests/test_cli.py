@@ -1,48 +1,16 @@
-"""The command line: every demo step is a valid invocation of a real subcommand; clear errors for bad input."""
+"""The command line: flags parse; clear one-line errors for bad input (the demo's chain: tests/test_demo.py)."""
 
 from pathlib import Path
 
 import pytest
 
 from mmmamba_bench.cli import build_parser, main
-from mmmamba_bench.demo import plan
 
 
-def test_every_demo_step_parses(tmp_path):
-    parser = build_parser()
-    for step in plan(tmp_path / "out", tmp_path / "data") + plan(tmp_path / "out", tmp_path / "data", "train"):
-        args = parser.parse_args(step.argv)  # SystemExit (a test failure) on an unknown flag or subcommand
-        assert args.command == step.argv[0]
-
-
-def test_demo_uses_the_embedded_teacher_unless_asked_to_train_one(tmp_path):
-    from mmmamba_bench.cards import resolve_model
-
-    embedded = plan(tmp_path, tmp_path / "d")
-    assert "train-teacher" not in [s.name for s in embedded]
-    convert = next(s for s in embedded if s.name == "convert")
-    assert convert.argv[convert.argv.index("--teacher") + 1] == str(resolve_model("demo-teacher"))
-    trained = plan(tmp_path, tmp_path / "d", teacher="train")
-    step = next(s for s in trained if s.name == "train-teacher")
-    assert step.argv[step.argv.index("--recipe") + 1].endswith("teacher-demo.yaml")
-    assert all(str(tmp_path / "models" / "teacher") in s.argv for s in trained if s.name in ("convert", "eval-teacher"))
-    with pytest.raises(ValueError, match="teacher must be one of"):
-        plan(tmp_path, tmp_path / "d", teacher="nope")
-
-
-def test_demo_refuses_to_resume_with_another_teacher(tmp_path):
-    from mmmamba_bench.demo import run_demo
-
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "demo_settings.json").write_text('{"teacher": "train"}')
-    with pytest.raises(RuntimeError, match="other settings"):
-        run_demo(tmp_path / "out", data_dir=tmp_path / "d", teacher="embedded")
-
-
-def test_demo_chains_eval_over_all_four_models(tmp_path):
-    evals = [s for s in plan(tmp_path, tmp_path / "d") if s.name.startswith("eval-")]
-    assert [s.argv[s.argv.index("--label") + 1] for s in evals] == ["teacher", "seeded-linear", "linear", "hybrid"]
-    assert all(s.argv[s.argv.index("--tasks") + 1] == "mini" for s in evals)
+def test_demo_flags_parse():
+    args = build_parser().parse_args(["demo", "--smoke", "--fresh", "--out", "o", "--teacher", "train"])
+    assert (args.smoke, args.fresh, args.out, args.teacher) == (True, True, Path("o"), "train")
+    assert build_parser().parse_args(["demo"]).out is None  # the budget's own default folder
 
 
 def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
