@@ -4,8 +4,8 @@ Task names and groups (:data:`MINI_TASKS`, :data:`PAPER_TASKS`, :func:`resolve_t
 data descriptions (``mmmamba_bench.data.real``: which datasets each ``paper_*`` task reads) and the preflight checks
 (``mmmamba_bench.eval.tasks``), so that neither has to import the other for them.
 
-Table 1: one row per paper column. ``real`` names the lmms-eval tasks and metric of the real benchmark (the paper's headline
-number); ``mini`` names the offline mini-suite task standing in for that answer format (see ``tasks/mini/``).
+Table 1: one row per paper column. ``real`` names the lmms-eval tasks and metric of the real benchmark (the paper's
+headline number); ``mini`` names the offline mini-suite task standing in for that answer format (see ``tasks/mini/``).
 The report reads lmms-eval's own results JSON and looks scores up through this table only.
 """
 
