@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -66,8 +69,11 @@ BUDGETS = {b.name: b for b in (FULL, SMOKE)}
 @dataclass
 class Step:
     name: str
-    run: Callable[[], object]
+    run: Callable[..., object]
     output: Path  # written atomically by the step; the step is skipped when it exists
+    # Consecutive steps of one group are independent of each other: with the cores for it they run side by side in
+    # worker processes, ``run(max_threads=N, progress=False)`` each (``run`` must then be picklable).
+    group: str | None = None
 
 
 def embedded_teacher() -> Path:
@@ -110,27 +116,27 @@ def plan(out: Path, data_dir: Path, teacher: str = "embedded", budget: Budget = 
         raise ValueError(f"teacher must be one of {TEACHER_MODES}, got {teacher!r}")
     m = {name: out / "models" / name for name in MODELS}
     results, profile = out / "results", out / "profile.json"
-    encoded = EncodedCache()  # the two students are distilled from one teacher on one data set: encode it once
-    steps = [Step("data", lambda: generate(data_dir), data_dir / "manifest.json")]
+    encoded = EncodedCache()  # run one after the other, the two students share the encoded training data
+    steps = [Step("data", partial(generate, data_dir), data_dir / "manifest.json")]
     if teacher == "embedded":
         m["teacher"] = embedded_teacher()
     else:
-        steps.append(Step("train-teacher", lambda: train_teacher(
-            recipes_dir() / "teacher-demo.yaml", data_dir, m["teacher"], max_steps=budget.teacher_max_steps),
-            m["teacher"]))
-    steps.append(Step("convert", lambda: convert(m["teacher"], m["seeded-linear"], layout="linear", init="mimic",
-                                                 seed=0), m["seeded-linear"]))
+        steps.append(Step("train-teacher", partial(train_teacher, recipes_dir() / "teacher-demo.yaml", data_dir,
+                                                   m["teacher"], max_steps=budget.teacher_max_steps), m["teacher"]))
+    steps.append(Step("convert", partial(convert, m["teacher"], m["seeded-linear"], layout="linear", init="mimic",
+                                         seed=0), m["seeded-linear"]))
     for layout in ("linear", "hybrid"):
-        steps.append(Step(f"distill-{layout}", lambda layout=layout: distill(
-            recipes_dir() / f"{layout}-demo.yaml", m["teacher"], m[layout], data_dir=data_dir,
-            max_steps=budget.distill_max_steps, encoded=encoded), m[layout]))
+        steps.append(Step(f"distill-{layout}", partial(distill, recipes_dir() / f"{layout}-demo.yaml", m["teacher"],
+                                                       m[layout], data_dir=data_dir, encoded=encoded,
+                                                       max_steps=budget.distill_max_steps),
+                          m[layout], group="distill"))
     for name in MODELS:
-        steps.append(Step(f"eval-{name}", lambda name=name: run_eval(
-            m[name], "mini", results, label=name, device="cpu", dtype="float32", batch_size=32,
-            limit=budget.eval_limit, mini_data_dir=data_dir), _results_file(results / name)))
-    steps.append(Step("profile", lambda: _profile([m[n] for n in ("teacher", "linear", "hybrid")], profile, budget),
+        steps.append(Step(f"eval-{name}", partial(run_eval, m[name], "mini", results, label=name, device="cpu",
+                                                  dtype="float32", batch_size=32, limit=budget.eval_limit,
+                                                  mini_data_dir=data_dir), _results_file(results / name)))
+    steps.append(Step("profile", partial(_profile, [m[n] for n in ("teacher", "linear", "hybrid")], profile, budget),
                       profile))
-    steps.append(Step("report", lambda: build_report([results], [profile], [], out / "report", title=TITLE),
+    steps.append(Step("report", partial(build_report, [results], [profile], [], out / "report", title=TITLE),
                       out / "report" / "report.md"))
     return steps
 
@@ -188,12 +194,69 @@ def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def batches(steps: list[Step]) -> list[list[Step]]:
+    """``steps`` in order, consecutive steps of one group together (every other step alone)."""
+    out: list[list[Step]] = []
+    for step in steps:
+        if out and step.group is not None and out[-1][0].group == step.group:
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
+
+
+def _init_worker(log_level: int) -> None:
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run_side_by_side(steps: list[Step], cores: int) -> dict[str, float]:
+    """Run independent steps at once, one worker process each, the cores split among them (at least one thread
+    each); returns each step's seconds. Every step runs to its end; then the first failure is raised as the step
+    raised it (the others' outputs are kept, so a rerun resumes after them)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, cores // len(steps))
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    failures: list[tuple[Step, BaseException]] = []
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state (threads, locks) copied by fork
+    with ProcessPoolExecutor(len(steps), mp_context=ctx, initializer=_init_worker,
+                             initargs=(logging.getLogger().getEffectiveLevel(),)) as pool:
+        futures = {pool.submit(partial(step.run, max_threads=threads, progress=False)): step for step in steps}
+        for future in as_completed(futures):
+            step = futures[future]
+            seconds[step.name] = round(time.perf_counter() - t0, 1)
+            if future.exception() is not None:
+                failures.append((step, future.exception()))
+            else:
+                _say(f"{step.name}: done ({seconds[step.name]} s)")
+    if failures:
+        step, exc = failures[0]
+        _failed(step, seconds[step.name])
+        raise exc
+    return seconds
+
+
+def _failed(step: Step, seconds: float) -> None:
+    print(f"[demo] step {step.name!r} failed after {seconds:.0f} s; rerun the same command to resume from it",
+          file=sys.stderr, flush=True)
+
+
 def run_demo(out: Path | None = None, data_dir: Path | None = None, fresh: bool = False, teacher: str = "embedded",
              budget: Budget = FULL) -> Path:
     """Run (or resume) the chain into ``out`` (default :func:`default_out`); returns the report's path.
 
     ``out/demo_settings.json`` records the teacher mode and the budget; resuming a folder made with other settings
-    is refused. ``out/timings.json`` records each step's seconds.
+    is refused. ``out/timings.json`` records each step's seconds. Steps of one group (the two distillations) run
+    side by side when there are at least as many cores as steps (:func:`run_side_by_side`).
     """
     out = Path(out) if out is not None else default_out(budget)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir(out, budget)
@@ -215,23 +278,34 @@ def run_demo(out: Path | None = None, data_dir: Path | None = None, fresh: bool 
     timings_file = out / "timings.json"
     timings: dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
     timings["preflight"] = preflight_s
-    for step in plan(out, data_dir, teacher, budget):
-        if step.name == "convert" and teacher == "embedded":
+    cores = available_cores()
+    for batch in batches(plan(out, data_dir, teacher, budget)):
+        if batch[0].name == "convert" and teacher == "embedded":
             check_teacher_data(embedded_teacher(), data_dir)
-        if step.output.exists():
-            _say(f"{step.name}: done already ({step.output})")
+        for step in batch:
+            if step.output.exists():
+                _say(f"{step.name}: done already ({step.output})")
+        pending = [step for step in batch if not step.output.exists()]
+        if len(pending) > 1 and cores >= len(pending):
+            _say(f"{', '.join(s.name for s in pending)}: side by side, {max(1, cores // len(pending))} thread(s) "
+                 f"each ...")
+            t0 = time.perf_counter()
+            try:
+                timings.update(run_side_by_side(pending, cores))
+            finally:
+                timings[f"{pending[0].group} (side by side)"] = round(time.perf_counter() - t0, 1)
+                write_json_atomic(timings_file, timings)
             continue
-        _say(f"{step.name} ...")
-        t0 = time.perf_counter()
-        try:
-            step.run()
-        except BaseException:
-            print(f"[demo] step {step.name!r} failed after {time.perf_counter() - t0:.0f} s; rerun the same command "
-                  f"to resume from it", file=sys.stderr, flush=True)
-            raise
-        timings[step.name] = round(time.perf_counter() - t0, 1)
-        write_json_atomic(timings_file, timings)
+        for step in pending:
+            _say(f"{step.name} ...")
+            t0 = time.perf_counter()
+            try:
+                step.run()
+            except BaseException:
+                _failed(step, time.perf_counter() - t0)
+                raise
+            timings[step.name] = round(time.perf_counter() - t0, 1)
+            write_json_atomic(timings_file, timings)
     report = out / "report" / "report.md"
-    _say(f"finished in {time.perf_counter() - t_all:.0f} s this run ({sum(timings.values()):.0f} s of steps over all "
-         f"runs); report: {report}")
+    _say(f"finished in {time.perf_counter() - t_all:.0f} s this run; report: {report}")
     return report

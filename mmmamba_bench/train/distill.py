@@ -282,7 +282,7 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
             stages: str | Sequence[int] = (1, 2, 3), *, data_dir: str | os.PathLike | None = None,
             allow_skip: bool = False, device: str | None = None, progress: bool = True,
             callback: StepCallback | None = None, evaluate: bool = True, max_steps: int | None = None,
-            encoded: EncodedCache | None = None) -> Path:
+            encoded: EncodedCache | None = None, max_threads: int | None = None) -> Path:
     """Seed and distil a student from ``teacher_dir``; the final model lands in ``out_dir`` (returned).
 
     Rerunning the same call skips finished stages (after checking their records match this recipe and input) and
@@ -290,8 +290,10 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
     optimizer step (tests use it to simulate an interruption). ``max_steps`` caps every stage's steps (a smoke run,
     :func:`~mmmamba_bench.train.recipe.cap_distill_steps`; recorded as ``max_steps`` in each stage record).
     ``encoded``: a cache of encoded training data shared between calls in one process (the demo distils two
-    students from one teacher on one data set); it changes nothing but the time spent encoding. A second run on the
-    same ``out_dir`` is refused while the first holds it (:mod:`mmmamba_bench.outputs`).
+    students from one teacher on one data set); it changes nothing but the time spent encoding. ``max_threads`` caps
+    the recipe's ``threads`` (an execution setting, outside the stage hashes: the demo runs two distillations side by
+    side on a 2-core machine with one thread each). A second run on the same ``out_dir`` is refused while the first
+    holds it (:mod:`mmmamba_bench.outputs`).
     """
     from mmmamba_bench.outputs import check_output_target, output_lock
 
@@ -299,13 +301,13 @@ def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pat
     with output_lock(out_dir, "distill"):
         return _distill(recipe, teacher_dir, out_dir, stages, data_dir=data_dir, allow_skip=allow_skip,
                         device=device, progress=progress, callback=callback, evaluate=evaluate, max_steps=max_steps,
-                        encoded=encoded)
+                        encoded=encoded, max_threads=max_threads)
 
 
 def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
              stages: str | Sequence[int], *, data_dir: str | os.PathLike | None, allow_skip: bool,
              device: str | None, progress: bool, callback: StepCallback | None, evaluate: bool,
-             max_steps: int | None, encoded: EncodedCache | None) -> Path:
+             max_steps: int | None, encoded: EncodedCache | None, max_threads: int | None) -> Path:
     from mmmamba_bench.checkpoint import load_model
 
     recipe = as_recipe(recipe, DistillRecipe)
@@ -314,8 +316,11 @@ def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pa
     chain = parse_stages(stages, allow_skip)
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     data_dir = Path(data_dir) if data_dir is not None else None
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
+    if max_threads is not None and max_threads < 1:
+        raise ValueError(f"max_threads must be at least 1, got {max_threads}")
+    threads = recipe.threads if max_threads is None else min(recipe.threads or max_threads, max_threads)
+    if threads:
+        torch.set_num_threads(threads)
     device = device or recipe.device
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[recipe.dtype]
     final = read_stage_record(out_dir)
