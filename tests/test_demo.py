@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,31 @@ def test_a_failing_step_raises_its_own_error_and_later_steps_do_not_run(tmp_path
     steps[1] = demo.Step("second", lambda: ran.append("second"), tmp_path / "out" / "second")
     demo.run_demo(tmp_path / "out", data_dir=tmp_path / "d")
     assert ran == ["first", "second", "third"]
+
+
+def _write_threads(path: Path, *, max_threads: int, progress: bool) -> None:  # a group step (runs in a worker)
+    path.write_text(f"{max_threads} {progress}")
+
+
+def _fail(path: Path, *, max_threads: int, progress: bool) -> None:
+    raise FileExistsError(f"{path}: the step's own error")
+
+
+def test_batches_keep_order_and_put_a_groups_consecutive_steps_together(tmp_path):
+    names = [[s.name for s in b] for b in demo.batches(plan(tmp_path, tmp_path / "d"))]
+    assert ["distill-linear", "distill-hybrid"] in names
+    assert [n for b in names for n in b] == _names(plan(tmp_path, tmp_path / "d"))
+    assert all(len(b) == 1 for b in names if b != ["distill-linear", "distill-hybrid"])
+
+
+def test_side_by_side_steps_run_to_their_end_and_the_failure_is_raised_as_is(tmp_path):
+    ok = demo.Step("ok", partial(_write_threads, tmp_path / "ok"), tmp_path / "ok", group="g")
+    bad = demo.Step("bad", partial(_fail, tmp_path / "bad"), tmp_path / "bad", group="g")
+    seconds = demo.run_side_by_side([ok], cores=2)
+    assert (tmp_path / "ok").read_text() == "2 False" and set(seconds) == {"ok"}  # the cores go to the one step
+    with pytest.raises(FileExistsError, match="the step's own error"):
+        demo.run_side_by_side([bad, ok], cores=2)
+    assert (tmp_path / "ok").read_text() == "1 False"  # ran beside the failing one, to its end, on 1 of 2 cores
 
 
 # ---- the test of the smoke test: a broken lmms-eval import stops the smoke chain before any work -------------------

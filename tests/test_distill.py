@@ -174,3 +174,16 @@ def test_max_steps_caps_every_stage_and_is_recorded(tiny_teacher, tiny_data, tmp
     assert steps == [1, 1, 1] and list(encoded._store.values()) == [items]
     with pytest.raises(ValueError, match="max_steps must be a positive integer"):
         distill(TINY_DISTILL, tiny_teacher, tmp_path / "zero", data_dir=tiny_data, progress=False, max_steps=0)
+
+
+def test_max_threads_caps_the_recipes_threads(tiny_teacher, tiny_data, tmp_path):
+    seen = []
+    before = torch.get_num_threads()
+    try:
+        distill({**TINY_DISTILL, "threads": 2}, tiny_teacher, tmp_path / "one", data_dir=tiny_data, progress=False,
+                max_steps=1, max_threads=1, callback=lambda step, loss: seen.append(torch.get_num_threads()))
+    finally:
+        torch.set_num_threads(before)  # distill sets the process's threads
+    assert seen == [1, 1, 1]
+    with pytest.raises(ValueError, match="max_threads must be at least 1"):
+        distill(TINY_DISTILL, tiny_teacher, tmp_path / "zero", data_dir=tiny_data, progress=False, max_threads=0)
