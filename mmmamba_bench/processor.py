@@ -58,10 +58,14 @@ class Processor:
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         return load_image(image, self.config.image_size, self.max_tiles, self.config.use_thumbnail)
 
-    def encode_prompt(self, question: str, image: Image.Image | None = None) -> Encoded:
+    def encode_prompt(self, question: str, image: Image.Image | None = None,
+                      pixel_values: torch.Tensor | None = None) -> Encoded:
         """The chat prompt of ``config.template`` as token ids, led by BOS when the tokenizer adds one (InternLM2's
-        does: the released chat() tokenises its prompt with special tokens), and the image's tiles."""
-        pv = self.pixel_values(image) if image is not None else None
+        does: the released chat() tokenises its prompt with special tokens), and the image's tiles.
+
+        pixel_values: ``self.pixel_values(image)`` when already computed (several questions about one image).
+        """
+        pv = pixel_values if pixel_values is not None else (self.pixel_values(image) if image is not None else None)
         text = chat_prompt(question, num_tiles=0 if pv is None else pv.shape[0],
                            tokens_per_tile=self.config.embedding_config.tokens_per_tile, template=self.config.template)
         ids = self.tokenizer.encode(text)
@@ -70,9 +74,11 @@ class Processor:
             ids = [bos] + ids
         return Encoded(ids, pv)
 
-    def encode_example(self, question: str, answer: str, image: Image.Image | None = None) -> Encoded:
-        """Prompt + answer + end-of-turn; labels cover the answer and the end-of-turn token."""
-        enc = self.encode_prompt(question, image)
+    def encode_example(self, question: str, answer: str, image: Image.Image | None = None,
+                       pixel_values: torch.Tensor | None = None) -> Encoded:
+        """Prompt + answer + end-of-turn; labels cover the answer and the end-of-turn token (``pixel_values``: as in
+        :meth:`encode_prompt`)."""
+        enc = self.encode_prompt(question, image, pixel_values)
         target = self.tokenizer.encode(answer) + [self.tokenizer.eos_token_id]
         ids = enc.input_ids + target
         # labels[t] is the token at t + 1 where that token belongs to the answer

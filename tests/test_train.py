@@ -227,6 +227,22 @@ def test_train_teacher_max_steps_caps_and_records(tiny_data, tmp_path):
         train_teacher(TINY_TEACHER, tiny_data, out, progress=False)
 
 
+def test_load_encoded_shares_one_images_tiles_and_equals_row_by_row_encoding(tiny_teacher, tiny_data):
+    from mmmamba_bench.data.minisuite import iter_examples
+    from mmmamba_bench.processor import Processor
+    from mmmamba_bench.train.data import load_encoded
+
+    proc = Processor.from_pretrained(tiny_teacher, max_tiles=1)
+    items, names = load_encoded(proc, tiny_data, "train", ["mini_mme"])
+    rows = [proc.encode_example(ex.question_prompt, ex.answer, ex.image.copy())  # a fresh image per row
+            for ex in iter_examples(tiny_data, "train", ["mini_mme"])]
+    assert len(items) == len(rows) > 2 and set(names) == {"mini_mme"}
+    for got, want in zip(items, rows):
+        assert got.input_ids == want.input_ids and got.labels == want.labels
+        assert torch.equal(got.pixel_values, want.pixel_values)
+    assert items[0].pixel_values is items[1].pixel_values  # an MME pair: one image, tiled once
+
+
 # ---- teacher losses, augmentation, execution-independent hashes -----------------------------------------------
 
 def test_text_targets_cover_prompt_text_only():

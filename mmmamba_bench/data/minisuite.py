@@ -250,7 +250,9 @@ def iter_examples(data_dir: Path | None, split: str, tasks: Sequence[str] | None
     """Yield the decoded examples of ``split`` for ``tasks`` (default: all seven), task by task in row order.
 
     Multiple-choice answers are the option letter; MME / POPE answers are Yes/No (yes/no); TextVQA gives its
-    canonical answer (the most common reference). Errors name the file and the row.
+    canonical answer (the most common reference). Errors name the file and the row. Consecutive rows about one
+    image (an MME pair, a POPE image's questions, MMBench's rotations) share one decoded image object: treat it as
+    read-only.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -259,10 +261,11 @@ def iter_examples(data_dir: Path | None, split: str, tasks: Sequence[str] | None
         if task not in TASKS:
             raise ValueError(f"unknown mini task {task!r}; known: {list(TASKS)}")
         path = data_dir / file_name(task, split)
+        png, image = None, None
         for i, row in enumerate(read_table(path).to_pylist()):
-            where = f"{path} row {i} ({task}, {split})"
-            yield Example(task=task, image=decode_image(row["image"], where), question_prompt=row_prompt(row),
-                          answer=row["answer"], id=row["id"])
+            if row["image"] != png or image is None:
+                png, image = row["image"], decode_image(row["image"], f"{path} row {i} ({task}, {split})")
+            yield Example(task=task, image=image, question_prompt=row_prompt(row), answer=row["answer"], id=row["id"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,8 +33,11 @@ def load_encoded(processor: Processor, data_dir: Path | None, split: str, tasks:
     from mmmamba_bench.data.minisuite import iter_examples
 
     encoded, names = [], []
+    image, tiles = None, None
     for ex in iter_examples(data_dir, split, tasks):
-        encoded.append(processor.encode_example(ex.question_prompt, ex.answer, ex.image))
+        if ex.image is not image:  # consecutive questions about one image share its (read-only) tiles
+            image, tiles = ex.image, processor.pixel_values(ex.image)
+        encoded.append(processor.encode_example(ex.question_prompt, ex.answer, ex.image, pixel_values=tiles))
         names.append(ex.task)
     if not encoded:
         raise ValueError(f"no {split} examples found in {data_dir}")
