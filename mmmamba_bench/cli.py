@@ -16,6 +16,24 @@ from pathlib import Path
 log = logging.getLogger("mmmamba_bench")
 
 
+def _number(kind: type, minimum: float, what: str):
+    """An argparse type: ``kind`` (int / float), finite, at least ``minimum``; argparse names the flag in its error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (minimum <= value < float("inf")):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, "a positive integer")
+NON_NEGATIVE_INT = _number(int, 0, "an integer >= 0")
+NON_NEGATIVE = _number(float, 0.0, "a finite number >= 0")
+
+
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="seed a Mamba-2 / hybrid student checkpoint from a Transformer teacher")
     p.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint directory (released layout)")
@@ -24,7 +42,7 @@ def _add_convert(sub) -> None:
                    help="linear | hybrid | head-interleaved:N | tail-interleaved:N | head-stacked:K | "
                         "tail-stacked:K | comma list of mha/mamba2 (global index: embedding layers first)")
     p.add_argument("--init", default="mimic", choices=("mimic", "inherit", "scratch"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=_cmd_convert)
 
@@ -46,10 +64,15 @@ def _add_eval(sub) -> None:
     p.add_argument("--label", help="name of this model in results and reports (default: directory name)")
     p.add_argument("--device", help="cpu / cuda (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, help="evaluate only the first N documents per task (smoke runs)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8)
+    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N documents per task, rounded up to "
+                   "whole scoring clusters (MME pairs, POPE images, MMBench groups)")
     p.add_argument("--data-dir", type=Path, help="local copies of the real benchmarks (see tasks/README.md)")
     p.add_argument("--ssd-backend", default="auto", help="auto | torch | mamba_ssm | fla")
+    p.add_argument("--log-samples", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep lmms-eval's per-sample records (document, target, prediction, per-sample metrics) as "
+                        "<stamp>_samples_<task>.jsonl beside the results file; `regress` needs them (default: on)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="lmms-eval's random seeds")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -58,7 +81,7 @@ def _cmd_eval(args) -> int:
 
     out = run_eval(args.model, args.tasks, args.output, label=args.label, device=args.device, dtype=args.dtype,
                    batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir,
-                   ssd_backend=args.ssd_backend)
+                   ssd_backend=args.ssd_backend, log_samples=args.log_samples, seed=args.seed)
     print(f"wrote {out}")
     return 0
 
@@ -84,7 +107,7 @@ def _cmd_report(args) -> int:
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="generate the offline mini-suite (parquet files for tasks/mini)")
     p.add_argument("--out", type=Path, default=None, help="folder (default: tasks/mini/data)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0)
     p.set_defaults(func=_cmd_data)
 
 
@@ -181,9 +204,9 @@ def _add_profile(sub) -> None:
     p.add_argument("--memory-cap", default=None, help="limit device memory, e.g. 24GiB (the paper's RTX 4090)")
     p.add_argument("--baseline", default="optimized", help="optimized | paper | optimized,paper")
     p.add_argument("--out", type=Path, default=Path("reports/profile.json"))
-    p.add_argument("--steps", type=int, default=50, help="timed decode steps per context (median reported)")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--chunk-size", type=int, default=16384, help="prefill chunk (tokens)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=50, help="timed decode steps per context (median reported)")
+    p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=10)
+    p.add_argument("--chunk-size", type=POSITIVE_INT, default=16384, help="prefill chunk (tokens)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--impl", default="auto", choices=("auto", "triton", "torch"), help="decode-step kernels")
@@ -218,8 +241,8 @@ def _cmd_profile(args) -> int:
 def _add_speed(sub) -> None:
     p = sub.add_parser("speed", help="Table-2 recipe: one image + 'Describe the image specifically', 256 tokens")
     p.add_argument("--models", required=True, help="comma list of presets or checkpoint dirs")
-    p.add_argument("--output-tokens", type=int, default=256, help="forced new tokens (no EOS stop)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up run (median reported)")
+    p.add_argument("--output-tokens", type=POSITIVE_INT, default=256, help="forced new tokens (no EOS stop)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="timed runs after one warm-up run (median reported)")
     p.add_argument("--out", type=Path, default=Path("reports/speed.json"))
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="bf16")
@@ -248,7 +271,46 @@ def _cmd_speed(args) -> int:
     return 0
 
 
-_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo, _add_train_teacher, _add_distill, _add_profile, _add_speed]
+def _add_regress(sub) -> None:
+    p = sub.add_parser("regress", help="did scores regress? two evaluation runs compared sample by sample (paired "
+                       "bootstrap, McNemar, Holm); exit 0 nothing regressed, 1 a task regressed, 2 not comparable")
+    p.add_argument("--baseline", required=True, type=Path, help="evaluation run folder (or results file) with "
+                   "per-sample logs")
+    p.add_argument("--candidate", required=True, type=Path, help="the run to judge, same tasks and documents")
+    p.add_argument("--out", required=True, type=Path, help="folder for regress.md and regress.json")
+    p.add_argument("--tolerance", type=NON_NEGATIVE, default=0.0,
+                   help="a significant drop counts as a regression only when larger than this, in the table's "
+                        "units (accuracy x100, MME points)")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (Holm over the tasks)")
+    p.add_argument("--resamples", type=_number(int, 1000, "at least 1000"), default=10_000,
+                   help="bootstrap resamples")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap seed")
+    p.set_defaults(func=_cmd_regress)
+
+
+def _cmd_regress(args) -> int:
+    from mmmamba_bench.outputs import check_output_dir
+    from mmmamba_bench.regress.compare import compare_runs, render_markdown, write_reports
+    from mmmamba_bench.regress.runs import NotComparable
+
+    check_output_dir(args.out, "--out")
+    try:
+        comparison = compare_runs(args.baseline, args.candidate, alpha=args.alpha, tolerance=args.tolerance,
+                                  resamples=args.resamples, seed=args.seed)
+    except NotComparable as exc:
+        print(f"mmmamba-bench regress: not comparable: {exc}", file=sys.stderr)
+        return 2
+    js, md = write_reports(comparison, args.out)
+    print(render_markdown(comparison))
+    print(f"wrote {md} and {js}")
+    if comparison.regressed:
+        print(f"mmmamba-bench regress: regressed: {', '.join(comparison.regressed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+_SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo, _add_train_teacher, _add_distill,
+                _add_profile, _add_speed, _add_regress]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
-        # Expected user-facing failures: one clear line, no traceback (use -v for one).
+    except (OSError, ValueError, RuntimeError) as exc:
+        # Expected user-facing failures (bad input, missing files, a full disk, a held output lock): one clear line,
+        # no traceback (use -v for one).
         if args.verbose:
             raise
         print(f"mmmamba-bench {args.command}: error: {exc}", file=sys.stderr)

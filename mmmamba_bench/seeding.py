@@ -149,7 +149,10 @@ def convert(teacher: str | os.PathLike, out: str | os.PathLike, layout: str = "l
     in for both stacks, and loads with ``load_model``.
     Tokenizer files are copied along (never code). before_publish: see :func:`mmmamba_bench.checkpoint.save_model`.
     """
+    from mmmamba_bench.outputs import check_output_target
+
     teacher, out = Path(teacher), Path(out)
+    check_output_target(out, "--out")  # a file in its place or an unwritable parent: said before reading weights
     if out.exists() and not overwrite:
         raise FileExistsError(f"output directory already exists: {out} (pass --overwrite to replace it)")
     config = ChatConfig.from_json_file(teacher / "config.json")

@@ -14,6 +14,7 @@ config, weight headers and tokenizer are read.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -56,9 +57,12 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
     from mmmamba_bench.data import minisuite
     from mmmamba_bench.eval.tasks import MINI_TASKS, check_tasks, cluster_limit, include_paths, resolve_tasks
 
+    from mmmamba_bench.outputs import check_output_dir
+
     _offline_env(data_dir)
     path = resolve_model(model)
-    label = label or path.name
+    label = check_label(label or path.name)
+    check_output_dir(output, "--output")  # a file or an unwritable place: said now, not after the evaluation
     task_names = resolve_tasks(tasks)
     limit = cluster_limit(task_names, limit)
     mini_data_dir = Path(mini_data_dir) if mini_data_dir is not None else default_mini_data_dir()
@@ -95,7 +99,11 @@ def _evaluate(path: Path, label: str, task_names: list[str], output: str | Path,
     manager = TaskManager(include_path=task_folders, include_defaults=False)
     # model_args is not used to build the model (it is built above) but recorded by lmms-eval in results["config"],
     # where reports read the label from it.
-    results = simple_evaluate(model=lmm, model_args=",".join(f"{k}={v}" for k, v in args.items()), tasks=task_names,
+    folder = Path(output) / label
+    # lmms-eval's aggregations write submission files (MMBench sheets, TextVQA JSON) under cli_args.output_path, or
+    # into the current directory without one: keep them in the run's folder.
+    cli_args = argparse.Namespace(output_path=str(folder))
+    results = simple_evaluate(model=lmm, cli_args=cli_args, model_args=",".join(f"{k}={v}" for k, v in args.items()), tasks=task_names,
                               task_manager=manager, batch_size=batch_size, limit=limit, log_samples=log_samples,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                               fewshot_random_seed=seed)
@@ -104,12 +112,20 @@ def _evaluate(path: Path, label: str, task_names: list[str], output: str | Path,
     samples = results.pop("samples", None)
     results[RESULTS_KEY] = record
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    folder = Path(output) / label
     for task, rows in (samples or {}).items():
         _write_jsonl_atomic(folder / f"{stamp}_samples_{task}.jsonl", rows)
     out = write_json_atomic(folder / f"{stamp}_results.json", results, default=str)  # last: its presence = done
     log.info("wrote %s", out)
     return out
+
+
+def check_label(label: str) -> str:
+    """``label`` names a folder under ``--output``: one path component of printable characters."""
+    if (not label or label in (".", "..") or "/" in label or "\\" in label or label != label.strip()
+            or not label.isprintable()):
+        raise ValueError(f"--label {label!r}: must be one folder name (no '/', '\\', leading or trailing spaces, "
+                         f"'.' or '..')")
+    return label
 
 
 def provenance_record(lmm, task_names: list[str], limit: int | None, data_dir: str | Path | None,

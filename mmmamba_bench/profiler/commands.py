@@ -60,6 +60,9 @@ def run_profile(models: list[str], contexts: list[int], baselines: list[str], ou
                 ssd_backend: str = "auto", peer_contexts: list[int] | None = None) -> list[ProfileRow]:
     """Profile every model x baseline x context; rows are written after each context (atomic rewrites), so an
     interrupted run keeps what it measured."""
+    from mmmamba_bench.outputs import check_output_file
+
+    check_output_file(out, "--out")
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r}; choose from {BASELINES}")
@@ -116,6 +119,9 @@ def run_profile(models: list[str], contexts: list[int], baselines: list[str], ou
 def run_speed(models: list[str], out: Path, device: torch.device, dtype: torch.dtype, output_tokens: int = 256,
               repeats: int = 3, impl: str = "auto", graph: bool = True, tune: bool = True,
               ssd_backend: str = "auto", prefill_graph: bool = True) -> list[SpeedRow]:
+    from mmmamba_bench.outputs import check_output_file
+
+    check_output_file(out, "--out")
     tuner = _tuner(device, dtype, impl, tune)
     rows: list[SpeedRow] = []
     meta = _meta(device, dtype, None, None, {"command": "speed", "output_tokens": output_tokens,

@@ -109,7 +109,9 @@ def build_report(results_dirs: Sequence[Path], profile_files: Sequence[Path], sp
     paper_dir: where the paper's numbers live (default ``reports/paper/`` of this checkout).
     Raises :class:`~mmmamba_bench.report.inputs.ReportInputError` naming the file for any malformed input.
     """
-    out_dir = Path(out_dir)
+    from mmmamba_bench.outputs import check_output_dir
+
+    out_dir = check_output_dir(out_dir, "--out")  # before reading anything
     paper = load_paper(paper_dir)
     results_files = find_results_files(results_dirs)
     scores = merge_results(load_results_file(p) for p in results_files)
