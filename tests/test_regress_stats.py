@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmmamba_bench.regress.stats import (clusters_of, holm, mcnemar_exact, minimum_detectable_effect,
-                                         paired_bootstrap)
+                                         paired_bootstrap, paired_bootstrap_mean)
 
 
 def test_mcnemar_exact_by_hand():
@@ -76,3 +76,19 @@ def test_identical_runs_show_no_difference():
     res = paired_bootstrap(base, list(base), list(range(len(base))), lambda r: sum(r) / len(r), resamples=200)
     assert res.difference == 0 and res.ci_low == res.ci_high == 0 and res.p_value == 1.0
     assert math.isclose(res.standard_error, 0.0)
+
+
+def test_vectorised_mean_bootstrap_equals_the_general_one():
+    """paired_bootstrap_mean takes the general bootstrap's draws: same interval, p-value and SE for a mean, with
+    clusters of unequal size and non-binary values (a VQA soft accuracy)."""
+    rng = np.random.default_rng(3)
+    n = 90
+    base = list(rng.choice([0.0, 0.3, 0.6, 1.0], size=n))
+    cand = [min(1.0, b + rng.choice([-0.3, 0.0, 0.0, 0.3])) for b in base]
+    keys = [i // 3 if i < 60 else i for i in range(n)]  # 20 clusters of 3, then 30 singletons
+    slow = paired_bootstrap(base, cand, keys, lambda r: float(np.mean(r)), resamples=1500, seed=11)
+    fast = paired_bootstrap_mean(base, cand, keys, resamples=1500, seed=11)
+    assert fast.clusters == slow.clusters == 50
+    for field in ("baseline", "candidate", "difference", "ci_low", "ci_high", "p_value", "standard_error"):
+        assert math.isclose(getattr(fast, field), getattr(slow, field), rel_tol=1e-9, abs_tol=1e-12), field
+    assert slow.ci_low < slow.difference < slow.ci_high and slow.standard_error > 0

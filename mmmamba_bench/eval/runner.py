@@ -101,8 +101,9 @@ def _evaluate(path: Path, label: str, task_names: list[str], output: str | Path,
     # where reports read the label from it.
     folder = Path(output) / label
     # lmms-eval's aggregations write submission files (MMBench sheets, TextVQA JSON) under cli_args.output_path, or
-    # into the current directory without one: keep them in the run's folder.
-    cli_args = argparse.Namespace(output_path=str(folder))
+    # into the current directory without one: keep them in the run's folder. process_with_media=False is lmms-eval's
+    # own command-line default (scoring reads documents without their images, as `lmms-eval --model mmmamba` does).
+    cli_args = argparse.Namespace(output_path=str(folder), process_with_media=False)
     results = simple_evaluate(model=lmm, cli_args=cli_args, model_args=",".join(f"{k}={v}" for k, v in args.items()), tasks=task_names,
                               task_manager=manager, batch_size=batch_size, limit=limit, log_samples=log_samples,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,

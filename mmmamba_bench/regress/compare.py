@@ -22,7 +22,8 @@ from typing import Any, Callable, Hashable, Sequence
 
 from mmmamba_bench.benchmarks import TABLE1, Headline
 from mmmamba_bench.regress.runs import NotComparable, Run, check_comparable, load_run
-from mmmamba_bench.regress.stats import holm, mcnemar_exact, minimum_detectable_effect, paired_bootstrap
+from mmmamba_bench.regress.stats import (holm, mcnemar_exact, minimum_detectable_effect, paired_bootstrap,
+                                         paired_bootstrap_mean)
 
 REGRESSED, IMPROVED, NO_CHANGE, NOT_COMPARED = "regressed", "improved", "no significant change", "not compared"
 
@@ -135,6 +136,11 @@ def aggregation_functions(tasks: Sequence[str]) -> dict[str, dict[str, Callable]
     return out
 
 
+def _is_plain_mean(values: Sequence[Any], agg: Callable) -> bool:
+    return getattr(agg, "__name__", "") == "mean" and all(
+        isinstance(v, (bool, int, float)) and math.isfinite(v) for v in values)
+
+
 def _is_binary_mean(values: Sequence[Any], agg: Callable) -> bool:
     return getattr(agg, "__name__", "") == "mean" and all(
         isinstance(v, (bool, int, float)) and v in (0, 1) for v in values)
@@ -160,8 +166,11 @@ def compare_task(task: str, baseline: Run, candidate: Run, agg: dict[str, Callab
     c_vals = [candidate.samples[task][d][head.metric] for d in docs]
     key = CLUSTER_KEYS.get(task, lambda s: s["doc_id"])
     keys = [key(baseline.samples[task][d]) for d in docs]
-    res = paired_bootstrap(b_vals, c_vals, keys, lambda vals: float(fn(list(vals))), resamples=resamples, seed=seed,
-                           relabel=RELABEL.get(task))
+    if _is_plain_mean(b_vals + c_vals, fn) and task not in RELABEL:
+        res = paired_bootstrap_mean(b_vals, c_vals, keys, resamples=resamples, seed=seed)
+    else:
+        res = paired_bootstrap(b_vals, c_vals, keys, lambda vals: float(fn(list(vals))), resamples=resamples,
+                               seed=seed, relabel=RELABEL.get(task))
     row.clusters = res.clusters
     row.baseline, row.candidate, row.difference = res.baseline, res.candidate, res.difference
     row.ci_low, row.ci_high = res.ci_low, res.ci_high
