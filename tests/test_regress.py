@@ -107,3 +107,34 @@ def test_runs_that_cannot_be_compared_are_refused_naming_what_differs(tmp_path):
     (no_logs / f"{STAMP}_samples_mini_sqa.jsonl").unlink()
     with pytest.raises(NotComparable, match="no per-sample log for task 'mini_sqa'"):
         compare_runs(base, no_logs)
+
+
+@pytest.mark.slow
+def test_gate_flags_a_deliberately_degraded_checkpoint(tmp_path, mini_suite, capsys):
+    """The CI gate end to end: the embedded teacher with noise on its MLP and attention output projections, evaluated by lmms-eval on the
+    mini-suite, against the baseline kept in the repository -> `regress` exits 1 naming a regressed task."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mmmamba_bench.assets import models_dir
+    from mmmamba_bench.cli import main
+    from mmmamba_bench.eval.runner import run_eval
+
+    teacher = models_dir() / "demo-teacher"
+    degraded = tmp_path / "degraded"
+    shutil.copytree(teacher, degraded)
+    weights = load_file(degraded / "model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    for name in [k for k in weights if "feed_forward.w2" in k or "attention.wo" in k]:
+        w = weights[name]
+        weights[name] = w + 2.0 * w.std() * torch.randn(w.shape, generator=gen, dtype=w.dtype)
+    save_file(weights, degraded / "model.safetensors", metadata={"format": "pt"})
+    run_eval(degraded, "mini", tmp_path / "cand", label="degraded", mini_data_dir=mini_suite[0])
+    baseline = Path(__file__).resolve().parents[1] / "reports" / "baselines" / "demo-teacher-mini"
+    code = main(["regress", "--baseline", str(baseline), "--candidate", str(tmp_path / "cand" / "degraded"),
+                 "--out", str(tmp_path / "report"), "--resamples", "2000"])
+    report = json.loads((tmp_path / "report" / "regress.json").read_text())
+    assert code == 1 and report["regressed"], report["rows"]
+    assert "mmmamba-bench regress: regressed:" in capsys.readouterr().err
