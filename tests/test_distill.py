@@ -100,9 +100,65 @@ def test_stage1_layerwise_loss_decreases(tmp_path):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def test_stage3_kl_is_zero_for_identical_models():
-    teacher, _, batch = teacher_student("hybrid")
-    assert float(kl_loss(teacher, teacher, batch)) == pytest.approx(0.0, abs=1e-6)
+def padded_pair(teacher: MMMambaChatModel):
+    """A left-padded two-row batch (row 1 is 3 text tokens shorter) and its two rows unpadded."""
+    ids, pv = image_prompt(teacher, batch=2, text_len=7, seed=5)
+    short = ids[1, :-3]  # [L - 3]
+    padded = torch.cat([torch.zeros(3, dtype=ids.dtype), short])  # id 0 on padding, masked out
+    mask = torch.ones(2, ids.shape[1], dtype=torch.long)
+    mask[1, :3] = 0
+    batch = Batch(torch.stack([ids[0], padded]), mask, pv, None)
+    rows = [(ids[0][None], pv[0:1]), (short[None], pv[1:2])]  # (input_ids [1, L_b], pixel_values [1, 3, S, S])
+    return batch, rows
+
+
+def test_stage3_kl_is_the_per_real_token_average_computed_by_hand():
+    """KL(teacher || student) on a padded batch = the mean over every real token of both rows, each row run alone
+    without padding, in float64 (a loss averaged per row, over padding, or per batch would differ)."""
+    teacher, student, _ = teacher_student("hybrid")
+    batch, rows = padded_pair(teacher)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for ids, pv in rows:
+            p = torch.log_softmax(teacher(ids, pv).logits[0].double(), -1)  # [L_b, V]
+            q = torch.log_softmax(student(ids, pv).logits[0].double(), -1)
+            for t in range(ids.shape[1]):
+                total += sum(float(p[t, v].exp() * (p[t, v] - q[t, v])) for v in range(p.shape[1]))
+            tokens += ids.shape[1]
+    want = total / tokens
+    got = float(kl_loss(teacher, student, batch).detach())
+    assert want > 1e-3  # the seeded student differs from its teacher
+    # float32 forward passes, batched with padding vs. alone: agreement to float32 accumulation error
+    assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_stage1_layerwise_loss_computed_by_hand():
+    """Stages 1-2: sum over Mamba-2 layers of the MSE between the student mixer's output on the teacher's normed
+    layer input and the teacher attention's output, over real tokens and hidden units; rows run alone, unpadded."""
+    teacher, student, _ = teacher_student("hybrid")
+    batch, rows = padded_pair(teacher)
+    layers = [i for i, layer in enumerate(student.layers) if layer.kind == "mamba2"]
+    sse = {i: 0.0 for i in layers}
+    count = 0
+    with torch.no_grad():
+        for ids, pv in rows:
+            seen = {}
+            handles = [teacher.layers[i].attention.register_forward_hook(
+                lambda m, a, out, i=i: seen.__setitem__(i, (a[0], out))) for i in layers]
+            teacher(ids, pv)
+            for h in handles:
+                h.remove()
+            for i in layers:
+                x, target = seen[i]  # [1, L_b, H]
+                ctx = student.context(0 if i < student.num_embedding_layers else 1, 1, ids.shape[1], 0, None, False)
+                y = student.layers[i].attention(x, ctx)
+                sse[i] += float(((y.double() - target.double()) ** 2).sum())
+            count += ids.shape[1] * x.shape[-1]
+    want = sum(sse[i] / count for i in layers)
+    got = float(layerwise_loss(teacher, student, batch).detach())
+    assert len(layers) >= 2 and want > 0
+    assert got == pytest.approx(want, rel=1e-4)
+    assert float(layerwise_loss(teacher, student, batch, scale=3.0).detach()) == pytest.approx(3 * want, rel=1e-4)
 
 
 def test_stage_chain_is_enforced(tiny_teacher, tiny_data, tmp_path):
