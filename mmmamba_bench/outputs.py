@@ -27,19 +27,26 @@ class OutputError(ValueError):
 
 
 def _probe_dir(folder: Path, flag: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise OutputError(f"{flag} {folder}: a file is in the way (an output folder is needed)") from None
-    except OSError as exc:
-        raise OutputError(f"{flag} {folder}: cannot create the folder ({exc.strerror or exc})") from None
-    probe = folder / f".mmmamba-bench-write-test-{os.getpid()}"
+    """``folder`` is, or can be created as, a writable folder. Nothing is created: the folder's nearest existing
+    ancestor is probed with a temporary file (removed at once)."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {folder}: {existing} is a file in the way (an output folder is needed)")
+    probe = existing / f".mmmamba-bench-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
     except OSError as exc:
-        raise OutputError(f"{flag} {folder}: not writable ({exc.strerror or exc})") from None
+        where = "not writable" if existing == folder else f"cannot be created in {existing}"
+        raise OutputError(f"{flag} {folder}: {where} ({exc.strerror or exc})") from None
     finally:
-        probe.unlink(missing_ok=True)
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--output") -> Path:

@@ -399,7 +399,7 @@ def test_unusable_outputs_are_named_before_any_work(tmp_path):
     a_file.write_text("{}")
     with pytest.raises(OutputError, match=r"--output .*results.json: is a file, but an output folder is needed"):
         check_output_dir(a_file)
-    with pytest.raises(OutputError, match="cannot create the folder"):
+    with pytest.raises(OutputError, match="results.json is a file in the way"):
         check_output_dir(a_file / "sub")
     with pytest.raises(OutputError, match=r"--out .*: is a folder, but an output file is needed"):
         check_output_file(tmp_path)
@@ -409,9 +409,11 @@ def test_unusable_outputs_are_named_before_any_work(tmp_path):
     try:
         if os.access(locked, os.W_OK):  # root ignores permission bits: show it on a read-only place instead
             locked = Path("/proc/self")
-        with pytest.raises(OutputError, match="not writable|cannot create"):
+        with pytest.raises(OutputError, match="not writable|cannot be created in"):
             check_output_dir(locked / "out", "--out")
     finally:
         os.chmod(tmp_path / "ro", 0o700)
-    assert check_output_dir(tmp_path / "new" / "folder").is_dir()
-    assert check_output_file(tmp_path / "new2" / "x.json").parent.is_dir()
+    # a usable place is checked, not created (a run refused later leaves nothing behind)
+    assert check_output_dir(tmp_path / "new" / "folder") == tmp_path / "new" / "folder"
+    assert check_output_file(tmp_path / "new2" / "x.json") == tmp_path / "new2" / "x.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "ro"]
