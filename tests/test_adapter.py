@@ -36,10 +36,10 @@ def ckpt(tmp_path_factory):
 DOCS = {"t": {"test": [{"img": Image.new("RGB", (40, 30), (i * 40, 10, 200))} for i in range(5)]}}
 
 
-def make_lmm(ckpt, batch_size):
+def make_lmm(ckpt, batch_size, max_tiles=1, docs=DOCS):
     lmm = MMMambaLMM(pretrained=str(ckpt), label="tiny", device="cpu", dtype="float32", batch_size=batch_size,
-                     max_tiles=1, max_new_tokens=6)
-    lmm.task_dict = DOCS
+                     max_tiles=max_tiles, max_new_tokens=6)
+    lmm.task_dict = docs
     return lmm
 
 
@@ -119,3 +119,78 @@ def test_lmms_eval_start_up_does_not_import_the_package():
             "'mmmamba_bench' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "mmmamba_bench.eval.adapter.MMMambaLMM", "False"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Several images in one prompt (MMMU): tile budget shared, one labelled image block per image
+# ---------------------------------------------------------------------------------------------------------------------
+
+WIDE = Image.new("RGB", (120, 30), (220, 40, 40))  # aspect 4: a 4x1 grid with 6 tiles to spend, 3x1 with 3
+SQUARE = Image.new("RGB", (40, 40), (30, 200, 60))  # 1x1 with any budget
+MULTI = {"mmmu": {"validation": [{"images": [WIDE, SQUARE]}, {"images": [SQUARE]},
+                                 {"images": [SQUARE, WIDE, SQUARE]}, {"images": [WIDE]}]}}
+
+
+def multi_request(i, ctx="which one is red ?", gen_kwargs=None):
+    return Instance("generate_until", (ctx, gen_kwargs or {"max_new_tokens": 4}, lambda doc: doc["images"], i, "mmmu",
+                                       "validation"), idx=0, metadata={"task": "mmmu", "doc_id": i, "repeats": 1})
+
+
+def test_chat_prompt_labels_each_image_block():
+    from mmmamba_bench.preprocessing import MINI_TEMPLATE, chat_prompt, tiles_per_image
+
+    ctx2, ctx6 = "<IMG_CONTEXT>" * 2, "<IMG_CONTEXT>" * 6
+    assert chat_prompt("Which is red?", [3, 1], tokens_per_tile=2, template=MINI_TEMPLATE) == (
+        "<|im_start|>user\n"
+        f"Image-1: <img>{ctx6}</img>\nImage-2: <img>{ctx2}</img>\nWhich is red?"
+        "<|im_end|>\n<|im_start|>assistant\n")
+    # one image: no label, as before (an int or a one-element list)
+    one = f"<|im_start|>user\n<img>{ctx2}</img>\nq<|im_end|>\n<|im_start|>assistant\n"
+    assert chat_prompt("q", 1, tokens_per_tile=2, template=MINI_TEMPLATE) == one
+    assert chat_prompt("q", [1], tokens_per_tile=2, template=MINI_TEMPLATE) == one
+    with pytest.raises(ValueError, match="2 images cannot also hold '<image>' placeholders"):
+        chat_prompt("<image> q", [1, 1], tokens_per_tile=2)
+    assert [tiles_per_image(6, n) for n in (1, 2, 3, 4, 7)] == [6, 3, 2, 1, 1]
+
+
+def test_two_images_share_the_tile_budget_and_line_up_with_their_blocks(ckpt):
+    from mmmamba_bench.preprocessing import load_image
+
+    lmm = make_lmm(ckpt, 1, max_tiles=6)
+    proc, cfg = lmm.processor, lmm.model.config
+    enc = proc.encode_prompt("which one is red ?", [WIDE, SQUARE])
+    size, per_tile = cfg.embedding_config.image_size, cfg.embedding_config.tokens_per_tile
+    assert load_image(WIDE, size, 6).shape[0] == 5  # alone: 4x1 grid + thumbnail
+    assert enc.tiles_per_image == (4, 1)  # together: 3 tiles each to spend -> 3x1 + thumbnail, and 1x1
+    assert enc.pixel_values.shape[0] == 5
+    assert torch.equal(enc.pixel_values[:4], load_image(WIDE, size, 3))
+    assert torch.equal(enc.pixel_values[4:], load_image(SQUARE, size, 3))
+    # one <img>...</img> block per image, in order, each with its own image's tokens, led by its label
+    tok = proc.tokenizer
+    start, end, ctx = (tok.token_to_id(t) for t in ("<img>", "</img>", "<IMG_CONTEXT>"))
+    ids = enc.input_ids
+    starts = [i for i, t in enumerate(ids) if t == start]
+    ends = [i for i, t in enumerate(ids) if t == end]
+    assert len(starts) == len(ends) == 2
+    assert [sum(t == ctx for t in ids[a:b]) for a, b in zip(starts, ends)] == [4 * per_tile, 1 * per_tile]
+    assert sum(t == ctx for t in ids) == 5 * per_tile  # no image token outside the blocks
+    label1, label2 = tok.encode("Image-1: "), tok.encode("\nImage-2: ")
+    assert ids[starts[0] - len(label1):starts[0]] == label1 and ids[ends[0] + 1:starts[1]] == label2
+
+
+def test_the_model_answers_a_two_image_request(ckpt):
+    reqs = [multi_request(i) for i in range(4)]
+    one = make_lmm(ckpt, 1, max_tiles=6, docs=MULTI).generate_until(reqs)
+    mixed = make_lmm(ckpt, 4, max_tiles=6, docs=MULTI).generate_until(reqs)  # 2, 1, 3, 1 images in one batch
+    assert one == mixed
+    lmm = make_lmm(ckpt, 1, max_tiles=6, docs=MULTI)
+    for i, doc in enumerate(MULTI["mmmu"]["validation"]):  # each answer is the model's own on its images' tiles
+        enc = lmm.processor.encode_prompt("which one is red ?", doc["images"])
+        assert sum(enc.tiles_per_image) == enc.pixel_values.shape[0]
+        out = lmm.model.generate(input_ids=torch.tensor([enc.input_ids]), pixel_values=enc.pixel_values,
+                                 max_new_tokens=4, eos_token_id=lmm.processor.tokenizer.eos_token_id)
+        assert one[i] == lmm.processor.decode(out[0, len(enc.input_ids):])
+    ll = Instance("loglikelihood", ("which one is red ?", "A", lambda doc: doc["images"], 0, "mmmu", "validation"),
+                  idx=0, metadata={"task": "mmmu", "doc_id": 0, "repeats": 1})
+    (res,) = lmm.loglikelihood([ll])
+    assert res.text[0] > 0

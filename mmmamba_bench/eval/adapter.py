@@ -30,6 +30,11 @@ DECODE_PATH = "mmmamba_bench.generation.generate: prefill + one-token steps over
 LOGLIKELIHOOD_PATH = "one full forward pass over prompt + continuation"
 
 
+class BadRequestInput(ValueError):
+    """A request's document cannot become model input (corrupt image, wrong type); the message names task and
+    document."""
+
+
 @dataclass(frozen=True)
 class GenSettings:
     max_new_tokens: int
@@ -127,9 +132,24 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         return visuals
 
     def _encode_prompt(self, context: str, visuals: list):
-        if len(visuals) > 1:
-            raise ValueError(f"{len(visuals)} images in one request: only one image per prompt is supported")
-        return self.processor.encode_prompt(context, visuals[0] if visuals else None)
+        """Several images: each tiled with its share of ``max_tiles``, one ``Image-k:`` block each (as VLMEvalKit
+        evaluates InternVL-style models; see :mod:`mmmamba_bench.preprocessing`)."""
+        return self.processor.encode_prompt(context, visuals or None)
+
+    def _encode_request(self, context: str, doc_to_visual, doc_id, task, split):
+        """A request's prompt and images as model input; any failure (a corrupt or truncated image, a visual that is
+        not an image, a prompt the layout refuses) is a :class:`BadRequestInput` naming the task and document."""
+        try:
+            if not isinstance(context, str):
+                raise TypeError(f"the prompt is a {type(context).__name__}, not text")
+            return self._encode_prompt(context, self._visuals(doc_to_visual, doc_id, task, split))
+        except BadRequestInput:
+            raise
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise BadRequestInput(f"task {task!r} doc {doc_id} (split {split!r}): cannot build the model input: "
+                                  f"{type(exc).__name__}: {exc}. The run stops before inference (the images of "
+                                  f"every request are decoded before the first batch); fix or drop this "
+                                  f"document") from exc
 
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
@@ -138,7 +158,7 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         for i, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             settings = parse_gen_kwargs(gen_kwargs, self.default_max_new_tokens)
-            enc = self._encode_prompt(context, self._visuals(doc_to_visual, doc_id, task, split))
+            enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
             items.append((i, settings, enc))
         # Group identical settings, longest prompts first, so batches are dense.
         items.sort(key=lambda it: (repr(it[1]), -len(it[2].input_ids)))
@@ -177,13 +197,20 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
     def loglikelihood(self, requests) -> list:
         from lmms_eval.api.instance import GenerationResult
 
-        results = []
+        # every request's input first: a corrupt image or a bad continuation stops the run before any inference
+        inputs = []
         for req in requests:
             context, continuation, doc_to_visual, doc_id, task, split = req.args
-            enc = self._encode_prompt(context, self._visuals(doc_to_visual, doc_id, task, split))
+            enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
+            if not isinstance(continuation, str):
+                raise BadRequestInput(f"task {task!r} doc {doc_id}: the continuation {continuation!r} is a "
+                                      f"{type(continuation).__name__}, not text (check the task's target column)")
             cont = self.processor.tokenizer.encode(continuation)
             if not cont:
                 raise ValueError(f"task {task!r} doc {doc_id}: continuation {continuation!r} tokenizes to nothing")
+            inputs.append((enc, cont))
+        results = []
+        for enc, cont in inputs:
             ids = torch.tensor([enc.input_ids + cont], device=self._device)
             pv = None if enc.pixel_values is None else enc.pixel_values.to(self._device)
             logits = self.model(ids, pixel_values=pv).logits[0, len(enc.input_ids) - 1:-1].float()  # [n_cont, V]
