@@ -194,3 +194,43 @@ def test_the_model_answers_a_two_image_request(ckpt):
                   idx=0, metadata={"task": "mmmu", "doc_id": 0, "repeats": 1})
     (res,) = lmm.loglikelihood([ll])
     assert res.text[0] > 0
+
+
+def _truncated_png():
+    """A PNG cut in the middle of its pixel data: opens (the header is whole), fails when decoded."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+    return Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))
+
+
+def test_a_corrupt_image_names_task_and_document_before_any_inference(ckpt, monkeypatch):
+    from mmmamba_bench.eval.adapter import BadRequestInput
+
+    good = DOCS["t"]["test"][0]["img"]
+    docs = {"t": {"test": [{"img": good}, {"img": good}, {"img": _truncated_png()}, {"img": good}]}}
+    lmm = make_lmm(ckpt, 1, docs=docs)
+    ran = []
+    monkeypatch.setattr(lmm, "_generate_batch", lambda encs, s: ran.append(len(encs)) or [""] * len(encs))
+    with pytest.raises(BadRequestInput, match=r"task 't' doc 2 \(split 'test'\): cannot build the model input: "
+                                              r"OSError: .*truncated"):
+        lmm.generate_until([gen_request(i, "what digit ?", {"max_new_tokens": 2}) for i in range(4)])
+    assert ran == []  # stopped before the first batch
+    ll = [Instance("loglikelihood", ("answer with letter", "A", lambda doc: [doc["img"]], i, "t", "test"), idx=0,
+                   metadata={"task": "t", "doc_id": i, "repeats": 1}) for i in range(4)]
+    monkeypatch.setattr(lmm, "model", None)  # any inference would fail with another error
+    with pytest.raises(BadRequestInput, match=r"task 't' doc 2 "):
+        lmm.loglikelihood(ll)
+
+
+def test_a_non_text_continuation_is_named(ckpt):
+    from mmmamba_bench.eval.adapter import BadRequestInput
+
+    lmm = make_lmm(ckpt, 1)
+    req = Instance("loglikelihood", ("answer with letter", 1, lambda doc: [doc["img"]], 3, "t", "test"), idx=0,
+                   metadata={"task": "t", "doc_id": 3, "repeats": 1})
+    with pytest.raises(BadRequestInput, match="task 't' doc 3: the continuation 1 is of type int, not text"):
+        lmm.loglikelihood([req])

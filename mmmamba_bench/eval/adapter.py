@@ -203,7 +203,7 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
             context, continuation, doc_to_visual, doc_id, task, split = req.args
             enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
             if not isinstance(continuation, str):
-                raise BadRequestInput(f"task {task!r} doc {doc_id}: the continuation {continuation!r} is a "
+                raise BadRequestInput(f"task {task!r} doc {doc_id}: the continuation {continuation!r} is of type "
                                       f"{type(continuation).__name__}, not text (check the task's target column)")
             cont = self.processor.tokenizer.encode(continuation)
             if not cont:
