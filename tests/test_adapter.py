@@ -234,3 +234,45 @@ def test_a_non_text_continuation_is_named(ckpt):
                    metadata={"task": "t", "doc_id": 3, "repeats": 1})
     with pytest.raises(BadRequestInput, match="task 't' doc 3: the continuation 1 is of type int, not text"):
         lmm.loglikelihood([req])
+
+
+def test_prompts_past_the_model_positions_are_counted_and_warned_once(ckpt, caplog):
+    import logging
+
+    from mmmamba_bench.eval.adapter import position_limit
+
+    lmm = make_lmm(ckpt, 2)
+    short, long_ = "yes", " ".join(WORDS)
+    n_short = len(lmm.processor.encode_prompt(short, DOCS["t"]["test"][0]["img"]).input_ids)
+    n_long = len(lmm.processor.encode_prompt(long_, DOCS["t"]["test"][0]["img"]).input_ids)
+    assert position_limit(lmm.model.config) == 32768  # the tiny config's default: nothing is long
+    for stack in (lmm.model.config.embedding_config, lmm.model.config.llm_config):
+        stack.max_position_embeddings = n_short + 2  # a short prompt + 2 new tokens fits, not + 3
+    reqs = [gen_request(0, short, {"max_new_tokens": 2}), gen_request(1, long_, {"max_new_tokens": 2}),
+            gen_request(2, short, {"max_new_tokens": 3}), gen_request(3, long_, {"max_new_tokens": 1})]
+    assert n_long + 1 > n_short + 2
+    with caplog.at_level(logging.WARNING, logger="mmmamba_bench.eval.adapter"):
+        lmm.generate_until(reqs)
+        lmm.generate_until(reqs[:2])  # a second call: counted, not warned again
+        ll = Instance("loglikelihood", (long_, "A", lambda doc: [doc["img"]], 4, "u", "test"), idx=0,
+                      metadata={"task": "u", "doc_id": 4, "repeats": 1})
+        lmm.task_dict = {"u": DOCS["t"]}
+        lmm.loglikelihood([ll])
+    warnings = [r.getMessage() for r in caplog.records if "positions" in r.getMessage()]
+    assert len(warnings) == 1
+    assert f"3 request(s) need more positions than the model's {n_short + 2}" in warnings[0]
+    assert "t: 3" in warnings[0]
+    assert lmm.input_report() == {"position_limit": n_short + 2, "over_position_limit": {"t": 4, "u": 1}}
+
+
+def test_position_limit_follows_the_rope_rule(ckpt):
+    from mmmamba_bench.eval.adapter import position_limit
+
+    cfg = make_lmm(ckpt, 1).model.config
+    cfg.embedding_config.max_position_embeddings, cfg.llm_config.max_position_embeddings = 100, 50
+    assert position_limit(cfg) == 50
+    cfg.llm_config.rope_scaling = {"type": "dynamic", "factor": 2.0}
+    assert position_limit(cfg) == (50 if not cfg.applies_rope_scaling else 100)  # ignored by mmMamba: still bounded
+    cfg.embedding_config.layers_block_type = ["mamba2"] * cfg.embedding_config.num_hidden_layers
+    cfg.llm_config.layers_block_type = ["mamba2"] * cfg.llm_config.num_hidden_layers
+    assert position_limit(cfg) is None  # no attention, no positions

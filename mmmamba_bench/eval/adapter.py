@@ -74,6 +74,18 @@ def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
     return text[:cut]
 
 
+def position_limit(config) -> int | None:
+    """The longest sequence the model's positions cover, or None when nothing bounds it.
+
+    A stack with attention layers is bounded by its ``max_position_embeddings`` unless it applies ``rope_scaling``
+    (HoVLE's dynamic NTK extends it; mmMamba ignores rope_scaling, see ``ChatConfig.applies_rope_scaling``); Mamba-2
+    layers have no positions. Beyond the bound the model still runs, on positions it was never trained on.
+    """
+    limits = [stack.max_position_embeddings for stack in (config.embedding_config, config.llm_config)
+              if "mha" in stack.block_types and not (stack.rope_scaling and config.applies_rope_scaling)]
+    return min(limits) if limits else None
+
+
 def _lmms_base():
     from lmms_eval.api.model import lmms
 
@@ -151,15 +163,53 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
                                   f"every request are decoded before the first batch); fix or drop this "
                                   f"document") from exc
 
+    def _input_stats(self) -> dict[str, Any]:
+        """Counts about the inputs seen so far (created on first use): see :meth:`input_report`."""
+        if "_inputs_seen" not in self.__dict__:  # the model is loaded now (lmms-eval's clean() deletes it at the end)
+            self._inputs_seen = {"position_limit": position_limit(self.model.config), "over_position_limit": {},
+                                 "warned": False}
+        return self._inputs_seen
+
+    def _check_lengths(self, lengths: list[tuple[str, int]]) -> None:
+        """``lengths``: (task, positions a request uses). Requests beyond :func:`position_limit` are evaluated (the
+        scores stay comparable with other harnesses) but counted per task, recorded in the results JSON
+        (:meth:`input_report`), and warned about once per run."""
+        stats = self._input_stats()
+        limit = stats["position_limit"]
+        if limit is None:
+            return
+        over: dict[str, int] = {}
+        for task, n in lengths:
+            if n > limit:
+                over[task] = over.get(task, 0) + 1
+        for task, n in over.items():
+            stats["over_position_limit"][task] = stats["over_position_limit"].get(task, 0) + n
+        if over and not stats["warned"]:
+            stats["warned"] = True
+            log.warning("mmmamba adapter: %d request(s) need more positions than the model's %d "
+                        "(max_position_embeddings, no RoPE scaling): %s; they are evaluated on positions the model "
+                        "was not trained on (counts per task recorded in the results JSON's \"mmmamba_bench\" key, "
+                        "\"inputs\"; warned once per run)", sum(over.values()), limit,
+                        ", ".join(f"{t}: {n}" for t, n in sorted(over.items())))
+
+    def input_report(self) -> dict[str, Any]:
+        """What the inputs of this run were like, for the results JSON: the position limit and, per task, how many
+        requests went past it (prompt + max_new_tokens, or prompt + continuation)."""
+        stats = self._input_stats()
+        return {"position_limit": stats["position_limit"],
+                "over_position_limit": dict(sorted(stats["over_position_limit"].items()))}
+
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
 
-        items = []
+        items, lengths = [], []
         for i, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             settings = parse_gen_kwargs(gen_kwargs, self.default_max_new_tokens)
             enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
             items.append((i, settings, enc))
+            lengths.append((task, len(enc.input_ids) + settings.max_new_tokens))
+        self._check_lengths(lengths)
         # Group identical settings, longest prompts first, so batches are dense.
         items.sort(key=lambda it: (repr(it[1]), -len(it[2].input_ids)))
         out: list[str | None] = [None] * len(items)
@@ -198,7 +248,7 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         from lmms_eval.api.instance import GenerationResult
 
         # every request's input first: a corrupt image or a bad continuation stops the run before any inference
-        inputs = []
+        inputs, lengths = [], []
         for req in requests:
             context, continuation, doc_to_visual, doc_id, task, split = req.args
             enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
@@ -209,6 +259,8 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
             if not cont:
                 raise ValueError(f"task {task!r} doc {doc_id}: continuation {continuation!r} tokenizes to nothing")
             inputs.append((enc, cont))
+            lengths.append((task, len(enc.input_ids) + len(cont)))
+        self._check_lengths(lengths)
         results = []
         for enc, cont in inputs:
             ids = torch.tensor([enc.input_ids + cont], device=self._device)
