@@ -276,3 +276,35 @@ def test_position_limit_follows_the_rope_rule(ckpt):
     cfg.embedding_config.layers_block_type = ["mamba2"] * cfg.embedding_config.num_hidden_layers
     cfg.llm_config.layers_block_type = ["mamba2"] * cfg.llm_config.num_hidden_layers
     assert position_limit(cfg) is None  # no attention, no positions
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_logits_fail_the_run_naming_the_batch(ckpt, bad):
+    from mmmamba_bench.eval.adapter import NonFiniteLogits
+
+    lmm = make_lmm(ckpt, 2)
+    reqs = [gen_request(i, "what digit ?", {"max_new_tokens": 3}) for i in range(3)]
+    assert all(isinstance(t, str) for t in lmm.generate_until(reqs))  # finite: answers
+    with torch.no_grad():
+        lmm.model.language_model.output.weight[5, 0] = bad  # one vocabulary row: its logit is NaN / inf for every prompt
+    with pytest.raises(NonFiniteLogits, match=r"NaN or infinite logits while answering the batch task 't' docs \[0, 1\]"):
+        lmm.generate_until(reqs)
+    ll = Instance("loglikelihood", ("answer with letter", "A", lambda doc: [doc["img"]], 4, "t", "test"), idx=0,
+                  metadata={"task": "t", "doc_id": 4, "repeats": 1})
+    with pytest.raises(NonFiniteLogits, match="while scoring task 't' doc 4"):
+        lmm.loglikelihood([ll])
+
+
+def test_watch_logits_records_without_syncing_each_step():
+    from mmmamba_bench.generation import WatchLogits, select_next
+
+    with WatchLogits() as watch:
+        select_next(torch.tensor([[0.0, 1.0], [2.0, 0.5]]), do_sample=False)
+    assert not watch.found()
+    with WatchLogits() as watch:
+        select_next(torch.tensor([[0.0, 1.0]]), do_sample=False)
+        select_next(torch.tensor([[0.0, float("nan")]]), do_sample=False)
+        select_next(torch.tensor([[0.0, 1.0]]), do_sample=False)  # a later finite step does not clear it
+    assert watch.found() and isinstance(watch._bad, torch.Tensor)  # a device flag until read
+    select_next(torch.tensor([[float("nan"), 1.0]]), do_sample=False)  # outside any watch: not recorded
+    assert WatchLogits._active == []

@@ -30,6 +30,10 @@ DECODE_PATH = "mmmamba_bench.generation.generate: prefill + one-token steps over
 LOGLIKELIHOOD_PATH = "one full forward pass over prompt + continuation"
 
 
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN or infinite logits during evaluation: the run stops instead of scoring garbage."""
+
+
 class BadRequestInput(ValueError):
     """A request's document cannot become model input (corrupt image, wrong type); the message names task and
     document."""
@@ -202,12 +206,14 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
 
+        from mmmamba_bench.generation import WatchLogits
+
         items, lengths = [], []
         for i, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             settings = parse_gen_kwargs(gen_kwargs, self.default_max_new_tokens)
             enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
-            items.append((i, settings, enc))
+            items.append((i, settings, enc, (task, doc_id)))
             lengths.append((task, len(enc.input_ids) + settings.max_new_tokens))
         self._check_lengths(lengths)
         # Group identical settings, longest prompts first, so batches are dense.
@@ -221,7 +227,13 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
             while end < len(items) and end - start < self.batch_size_per_gpu and items[end][1] == settings:
                 end += 1
             chunk = items[start:end]
-            for (i, _, _), text in zip(chunk, self._generate_batch([c[2] for c in chunk], settings)):
+            with WatchLogits() as watch:  # NaN / inf logits choosing tokens: flagged on the device, read once
+                texts = self._generate_batch([c[2] for c in chunk], settings)
+            if watch.found():
+                raise NonFiniteLogits(f"the model produced NaN or infinite logits while answering the batch "
+                                      f"{_name_docs(c[3] for c in chunk)}; its scores would be meaningless, so the "
+                                      f"run stops (check the weights and the dtype)")
+            for (i, *_), text in zip(chunk, texts):
                 out[i] = text
             bar.update(len(chunk))
             start = end
@@ -258,14 +270,18 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
             cont = self.processor.tokenizer.encode(continuation)
             if not cont:
                 raise ValueError(f"task {task!r} doc {doc_id}: continuation {continuation!r} tokenizes to nothing")
-            inputs.append((enc, cont))
+            inputs.append((enc, cont, (task, doc_id)))
             lengths.append((task, len(enc.input_ids) + len(cont)))
         self._check_lengths(lengths)
         results = []
-        for enc, cont in inputs:
+        for enc, cont, where in inputs:
             ids = torch.tensor([enc.input_ids + cont], device=self._device)
             pv = None if enc.pixel_values is None else enc.pixel_values.to(self._device)
             logits = self.model(ids, pixel_values=pv).logits[0, len(enc.input_ids) - 1:-1].float()  # [n_cont, V]
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteLogits(f"the model produced NaN or infinite logits while scoring "
+                                      f"{_name_docs([where])}; its scores would be meaningless, so the run stops "
+                                      f"(check the weights and the dtype)")
             target = torch.tensor(cont, device=self._device)
             logp = torch.log_softmax(logits, dim=-1)
             nll = float(-logp.gather(-1, target[:, None]).sum())
@@ -275,6 +291,15 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("mmmamba adapter: multi-round generation is not supported")
+
+
+def _name_docs(where) -> str:
+    """(task, doc_id) pairs -> "task 'a' docs [0, 3], task 'b' doc 7"."""
+    by_task: dict[str, list] = {}
+    for task, doc_id in where:
+        by_task.setdefault(task, []).append(doc_id)
+    return ", ".join(f"task {t!r} doc {ids[0]}" if len(ids) == 1 else f"task {t!r} docs {sorted(ids)}"
+                     for t, ids in by_task.items())
 
 
 def _parse_dtype(dtype: str, device: str) -> torch.dtype:
