@@ -4,12 +4,13 @@ Cards live in ``models/`` (found by :mod:`mmmamba_bench.assets`: a checkout's fo
 ``$MMMAMBA_BENCH_HOME``). A card's ``path`` may use environment variables (``${MMMAMBA_BENCH_WEIGHTS}/mmMamba-linear``)
 or be relative to that asset root (``models/demo-teacher``, the checkpoint shipped with the package); ``resolve_model``
 accepts either a checkpoint directory or a card name and always returns an existing directory, or says clearly
-which directory or card is missing.
+which directory or card is missing. A card name is one plain file name in ``models/``: ``../../x`` is refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +44,24 @@ def cards_dir() -> Path:
     return models_dir()
 
 
+# A card name is one file name in models/ (without ".yaml"): letters, digits, '.', '_' and '-', not led by '.'.
+_CARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def card_file(name: str) -> Path:
+    """``models/<name>.yaml``; a name that is not one plain file name (``../../x``, ``a/b``, ``.hidden``) is refused
+    with a :class:`ValueError`, so a card name can never reach a file outside ``models/``."""
+    if not isinstance(name, str) or not _CARD_NAME.fullmatch(name):
+        raise ValueError(f"model card name {name!r}: must be one file name in {cards_dir()} (letters, digits, "
+                         f"'.', '_', '-'; no '/', '\\' or leading '.'); give a checkpoint directory as a path instead")
+    return cards_dir() / f"{name}.yaml"
+
+
 def load_card(name_or_file: str | Path) -> ModelCard:
+    """A card by name (``models/<name>.yaml``, see :func:`card_file`) or by the path of its YAML file."""
     path = Path(name_or_file)
     if not path.suffix:
-        path = cards_dir() / f"{name_or_file}.yaml"
+        path = card_file(str(name_or_file))
     if not path.is_file():
         raise FileNotFoundError(f"model card not found: {path}")
     data = yaml.safe_load(path.read_text()) or {}
@@ -66,9 +81,12 @@ def resolve_model(spec: str | Path) -> Path:
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
-    card_file = cards_dir() / f"{spec}.yaml"
-    if card_file.is_file():
-        local = load_card(card_file).local_path()
+    try:
+        card = card_file(str(spec))  # a name that would climb out of models/ (../../x) is refused here
+    except ValueError as exc:
+        raise FileNotFoundError(f"{spec}: not a checkpoint directory, nor a model card name ({exc})") from None
+    if card.is_file():
+        local = load_card(card).local_path()
         if not local.is_dir():
             raise FileNotFoundError(f"model card {spec!r} points at {local}, which does not exist")
         return local

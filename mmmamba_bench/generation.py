@@ -9,9 +9,37 @@ import torch
 from mmmamba_bench.model.cache import InferenceCache
 
 
+class WatchLogits:
+    """``with WatchLogits() as watch:`` records whether any logits :func:`select_next` chose tokens from held NaN or
+    +-inf (every path of :func:`generate` selects through it). The record is a flag on the logits' device, updated
+    without a host sync per step; :meth:`found` reads it once, after the block."""
+
+    _active: list["WatchLogits"] = []
+
+    def __init__(self) -> None:
+        self._bad: torch.Tensor | None = None
+
+    def __enter__(self) -> "WatchLogits":
+        WatchLogits._active.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        WatchLogits._active.remove(self)
+
+    def observe(self, logits: torch.Tensor) -> None:
+        bad = ~torch.isfinite(logits).all()
+        self._bad = bad if self._bad is None else self._bad | bad
+
+    def found(self) -> bool:
+        """True when some observed logits were not finite (one host sync)."""
+        return self._bad is not None and bool(self._bad)
+
+
 def select_next(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_k: int = 0,
                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits [B, V] -> next token ids [B]."""
+    for watch in WatchLogits._active:
+        watch.observe(logits)
     if not do_sample:
         return logits.argmax(dim=-1)
     if temperature <= 0:

@@ -5,9 +5,16 @@ closest to the image's (ties go to the larger grid when the image has enough pix
 ``image_size`` tiles, cut it, and append a whole-image thumbnail tile when there is more than one tile. Tiles are
 normalised with the ImageNet mean / std. The prompt is ``<img>`` + ``<IMG_CONTEXT>`` x (tokens per tile x tiles)
 + ``</img>`` + "\\n" + question, inside ``<|im_start|>user\\n ... <|im_end|>\\n<|im_start|>assistant\\n``.
+
+Several images in one prompt (MMMU), as the reference evaluation of InternVL-style models lays them out
+(VLMEvalKit's InternVL wrapper): the tile budget ``max_num`` is shared among the images (:func:`tiles_per_image`),
+each image is tiled on its own, and the question is led by one labelled block per image, in order:
+``Image-1: <img>...</img>\\nImage-2: <img>...</img>\\n`` + question.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -69,8 +76,18 @@ def load_image(image: Image.Image, image_size: int, max_num: int = 6, use_thumbn
     return torch.stack([to_tensor(t, image_size) for t in tiles])
 
 
+def tiles_per_image(max_num: int, num_images: int) -> int:
+    """The grid budget of each image when ``num_images`` share one prompt's budget ``max_num`` (at least 1 each)."""
+    return max(1, max_num // max(1, num_images))
+
+
 def image_block(num_tiles: int, tokens_per_tile: int) -> str:
     return IMG_START + IMG_CONTEXT * (num_tiles * tokens_per_tile) + IMG_END
+
+
+def image_blocks(num_tiles: Sequence[int], tokens_per_tile: int) -> str:
+    """Several images: ``Image-k: <block k>\\n`` for k = 1..n (the layout of VLMEvalKit's InternVL wrapper)."""
+    return "".join(f"Image-{k}: {image_block(n, tokens_per_tile)}\n" for k, n in enumerate(num_tiles, start=1))
 
 
 # config.json's ``template``: how one user turn becomes the prompt.
@@ -82,18 +99,28 @@ INTERNVL_SYSTEM_MESSAGE = ("你是由上海人工智能实验室联合商汤科�
                            "是一个有用无害的人工智能助手。")
 
 
-def chat_prompt(question: str, num_tiles: int = 0, tokens_per_tile: int = 256, template: str = RELEASED_TEMPLATE,
-                system: str | None = None) -> str:
+def chat_prompt(question: str, num_tiles: int | Sequence[int] = 0, tokens_per_tile: int = 256,
+                template: str = RELEASED_TEMPLATE, system: str | None = None) -> str:
     """The prompt of one user turn, with the image block in place of ``<image>`` (or first, then a newline).
+
+    ``num_tiles``: the tiles of the one image (0: no image), or a list with each image's tiles. Several images are
+    laid out first, one labelled block each (:func:`image_blocks`); a question that then still holds an ``<image>``
+    placeholder is ambiguous and refused.
 
     ``internlm2-chat`` is exactly the released ``chat()``: ``<|im_start|>system\n{system}<|im_end|>`` then
     ``<|im_start|>user\n{question}<|im_end|><|im_start|>assistant\n`` (InternVL's MPT-style separator: no newline
     after ``<|im_end|>``), system defaulting to InternVL's message. ``mmmamba-bench-mini`` is the format the embedded
     demo models were trained on: no system turn unless given, a newline after each ``<|im_end|>``.
     """
+    tiles = ([num_tiles] if num_tiles else []) if isinstance(num_tiles, int) else list(num_tiles)
     content = question
-    if num_tiles:
-        block = image_block(num_tiles, tokens_per_tile)
+    if len(tiles) > 1:
+        if IMAGE_PLACEHOLDER in content:
+            raise ValueError(f"a prompt with {len(tiles)} images cannot also hold {IMAGE_PLACEHOLDER!r} placeholders "
+                             f"(the images are laid out first, labelled Image-1..Image-{len(tiles)})")
+        content = image_blocks(tiles, tokens_per_tile) + content
+    elif tiles:
+        block = image_block(tiles[0], tokens_per_tile)
         if IMAGE_PLACEHOLDER in content:
             content = content.replace(IMAGE_PLACEHOLDER, block, 1)
         else:

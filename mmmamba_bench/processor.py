@@ -6,6 +6,7 @@ label mask over the answer tokens).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from mmmamba_bench.config import ChatConfig
-from mmmamba_bench.preprocessing import chat_prompt, load_image
+from mmmamba_bench.preprocessing import chat_prompt, load_image, tiles_per_image
 from mmmamba_bench.tokenizer import Tokenizer, load_tokenizer
 
 IGNORE = -100
@@ -22,8 +23,9 @@ IGNORE = -100
 @dataclass
 class Encoded:
     input_ids: list[int]
-    pixel_values: torch.Tensor | None  # [N_tiles, 3, S, S]
+    pixel_values: torch.Tensor | None  # [N_tiles, 3, S, S]: every image's tiles, in the prompt's order
     labels: list[int] | None = None  # next-token targets aligned with input_ids (IGNORE outside the answer)
+    tiles_per_image: tuple[int, ...] = ()  # how many of pixel_values' tiles each image has (sums to N_tiles)
 
 
 @dataclass
@@ -55,24 +57,35 @@ class Processor:
         config = config or ChatConfig.from_json_file(Path(path) / "config.json")
         return cls(load_tokenizer(path), config, max_tiles)
 
-    def pixel_values(self, image: Image.Image) -> torch.Tensor:
-        return load_image(image, self.config.image_size, self.max_tiles, self.config.use_thumbnail)
+    def pixel_values(self, image: Image.Image, num_images: int = 1) -> torch.Tensor:
+        """One image's tiles; with ``num_images`` images in the prompt, its share of the tile budget."""
+        return load_image(image, self.config.image_size, tiles_per_image(self.max_tiles, num_images),
+                          self.config.use_thumbnail)
 
-    def encode_prompt(self, question: str, image: Image.Image | None = None,
-                      pixel_values: torch.Tensor | None = None) -> Encoded:
+    def encode_prompt(self, question: str, image: Image.Image | Sequence[Image.Image] | None = None,
+                      pixel_values: torch.Tensor | Sequence[torch.Tensor] | None = None) -> Encoded:
         """The chat prompt of ``config.template`` as token ids, led by BOS when the tokenizer adds one (InternLM2's
-        does: the released chat() tokenises its prompt with special tokens), and the image's tiles.
+        does: the released chat() tokenises its prompt with special tokens), and the images' tiles.
 
-        pixel_values: ``self.pixel_values(image)`` when already computed (several questions about one image).
+        image: one image, or a list of several (each tiled with its share of ``max_tiles``, one labelled image block
+        each: :func:`~mmmamba_bench.preprocessing.chat_prompt`).
+        pixel_values: ``self.pixel_values(image)`` when already computed (several questions about one image); a list
+        of such tensors (one per image) for several images.
         """
-        pv = pixel_values if pixel_values is not None else (self.pixel_values(image) if image is not None else None)
-        text = chat_prompt(question, num_tiles=0 if pv is None else pv.shape[0],
+        if pixel_values is not None:
+            per_image = [pixel_values] if isinstance(pixel_values, torch.Tensor) else list(pixel_values)
+        else:
+            images = [] if image is None else ([image] if isinstance(image, Image.Image) else list(image))
+            per_image = [self.pixel_values(im, len(images)) for im in images]
+        tiles = tuple(pv.shape[0] for pv in per_image)
+        text = chat_prompt(question, num_tiles=list(tiles),
                            tokens_per_tile=self.config.embedding_config.tokens_per_tile, template=self.config.template)
         ids = self.tokenizer.encode(text)
         bos = getattr(self.tokenizer, "bos_token_id", None)
         if bos is not None and getattr(self.tokenizer, "add_bos_token", False):
             ids = [bos] + ids
-        return Encoded(ids, pv)
+        pv = None if not per_image else (per_image[0] if len(per_image) == 1 else torch.cat(per_image))
+        return Encoded(ids, pv, tiles_per_image=tiles)
 
     def encode_example(self, question: str, answer: str, image: Image.Image | None = None,
                        pixel_values: torch.Tensor | None = None) -> Encoded:
@@ -83,7 +96,7 @@ class Processor:
         ids = enc.input_ids + target
         # labels[t] is the token at t + 1 where that token belongs to the answer
         labels = [IGNORE] * (len(enc.input_ids) - 1) + target + [IGNORE]
-        return Encoded(ids, enc.pixel_values, labels)
+        return Encoded(ids, enc.pixel_values, labels, enc.tiles_per_image)
 
     def collate(self, items: list[Encoded]) -> Batch:
         L = max(len(e.input_ids) for e in items)

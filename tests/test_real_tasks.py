@@ -383,3 +383,49 @@ def test_data_identity_names_the_cache_folders_and_hashes(tmp_path):
     (info / "dataset_info.json").write_text((info / "dataset_info.json").read_text() + " ")
     assert data_identity(["paper_gqa"], tmp_path)["real"]["tasks"]["paper_gqa"][0]["dataset_info_sha256"] != \
         questions["dataset_info_sha256"]  # other local data, another identity
+
+
+def test_preflight_checks_the_columns_a_task_reads_and_their_types(tmp_path):
+    """A missing column (found by lmms-eval only after the whole inference) or an integer answer (a crash inside the
+    tokenizer) is named with its task, column and types before any model loads."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    cache, scratch = tmp_path / "cache", tmp_path / "scratch"
+    scratch.mkdir()
+    red = Image.new("RGB", (8, 8), (255, 0, 0))
+    text, image = datasets.Value("string"), datasets.Image()
+    _build_cached(cache, scratch, real.REAL_DATASETS["paper_mme"][0], {  # no category; answer an integer
+        "question_id": ["a.png"], "image": [red], "question": ["Is it red?"], "answer": [1],
+    }, datasets.Features({"question_id": text, "image": image, "question": text, "answer": datasets.Value("int64")}))
+    _build_cached(cache, scratch, real.REAL_DATASETS["paper_scienceqa_img"][0], {  # answer an int, as it should be
+        "hint": [""], "question": ["Which?"], "choices": [["a", "b"]], "answer": [1], "image": [red],
+    }, datasets.Features({"hint": text, "question": text, "choices": datasets.Sequence(text),
+                          "answer": datasets.Value("int64"), "image": image}))
+    check_tasks(["paper_scienceqa_img"], cache)
+    with pytest.raises(TaskSetupError) as err:
+        check_tasks(["paper_mme", "paper_scienceqa_img"], cache)
+    problems = err.value.problems
+    assert [task for task, _ in problems] == ["paper_mme", "paper_mme"]
+    assert "column 'answer' has type int64, expected string" in problems[0][1]
+    assert "column 'category' (expected type string) is missing" in problems[1][1]
+
+
+def test_preflight_checks_mini_suite_column_types(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmmamba_bench.data import minisuite
+
+    rows = [{"task": "mini_mme", "split": "test", "row": 0, "id": "m-0", "group": "g0", "category": "color",
+             "image": b"", "question": "Is it red?", "options": [], "hint": "", "answer": 1, "answers": ["yes"],
+             "rotation": 0}]
+    fields = [pa.field("answer", pa.int64()) if f.name == "answer" else f for f in minisuite.SCHEMA]
+    path = tmp_path / minisuite.file_name("mini_mme", "test")
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)), path)
+    (tmp_path / minisuite.MANIFEST).write_text(json.dumps({"files": {path.name: {
+        "sha256": minisuite.sha256_file(path)}}}))
+    with pytest.raises(TaskSetupError) as err:
+        check_tasks(["mini_mme"], mini_data_dir=tmp_path)
+    assert err.value.problems == [("mini_mme", f"{path}: column 'answer' has type int64, expected string; run "
+                                               f"`mmmamba-bench data --out {tmp_path}` to generate it")]

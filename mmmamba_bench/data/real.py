@@ -56,6 +56,84 @@ REAL_DATASETS: dict[str, tuple[HubDataset, ...]] = {
 }
 
 
+# The columns each paper task's lmms-eval hooks read (doc_to_visual / doc_to_text / doc_to_target / process_results),
+# per dataset of REAL_DATASETS[task] in the same order, with the type they must have: "string", "int", "image",
+# "list of string", "list of image", or None (read, any type: ids). Checked against the cached dataset_info.json
+# before any model loads (:func:`column_problems`): without it, a missing column surfaced only after the whole
+# inference (in process_results) and an integer answer crashed inside the tokenizer.
+_POPE_COLUMNS = {"question_id": None, "question": "string", "answer": "string", "image": "image"}
+TASK_COLUMNS: dict[str, tuple[dict[str, str | None], ...]] = {
+    "paper_mme": ({"question_id": None, "question": "string", "answer": "string", "category": "string",
+                   "image": "image"},),
+    "paper_mmbench_en_dev": ({"index": None, "question": "string", "hint": None, "answer": "string",
+                              "category": "string", "L2-category": "string", "source": None, "split": None,
+                              "image": "image"},),
+    "paper_pope_adv": (_POPE_COLUMNS,),
+    "paper_pope_pop": (_POPE_COLUMNS,),
+    "paper_pope_random": (_POPE_COLUMNS,),
+    "paper_seedbench": ({"question_id": None, "question": "string", "choice_a": "string", "choice_b": "string",
+                         "choice_c": "string", "choice_d": "string", "answer": "string", "data_type": "string",
+                         "image": "list of image"},),
+    "paper_mmmu_val": ({"id": "string", "question": "string", "options": "string", "answer": "string",
+                        "question_type": "string", **{f"image_{k}": "image" for k in range(1, 8)}},),
+    "paper_mmvet": ({"question_id": None, "question": "string", "answer": "string", "capability": None,
+                     "image": "image"},),
+    "paper_textvqa_val": ({"question_id": None, "question": "string", "answers": "list of string",
+                           "image": "image"},),
+    "paper_scienceqa_img": ({"hint": "string", "question": "string", "choices": "list of string", "answer": "int",
+                             "image": "image"},),
+    "paper_gqa": ({"id": None, "imageId": "string", "question": "string", "answer": "string"},
+                  {"id": "string", "image": "image"}),
+}
+
+
+def feature_type(feature) -> str:
+    """A column's type as ``dataset_info.json`` stores it, in words: "string", "int64", "image", "list of string"."""
+    if isinstance(feature, list):  # datasets 2.x writes a list column as [inner feature]
+        return "list of " + feature_type(feature[0]) if feature else "list"
+    if not isinstance(feature, dict):
+        return type(feature).__name__
+    kind = feature.get("_type")
+    if kind == "Value":
+        dtype = str(feature.get("dtype"))
+        return "string" if dtype in ("string", "large_string") else dtype
+    if kind == "Image":
+        return "image"
+    if kind in ("Sequence", "List", "LargeList"):
+        return "list of " + feature_type(feature.get("feature"))
+    return str(kind or "a nested structure")
+
+
+def _type_matches(expected: str, actual: str) -> bool:
+    if expected == "int":
+        return actual.startswith(("int", "uint"))
+    return actual == expected
+
+
+def column_problems(task: str, data_dir: Path) -> list[str]:
+    """What is wrong with the columns ``task`` reads (:data:`TASK_COLUMNS`) in its cached datasets: a missing column or
+    one of another type, each naming dataset, column, expected and actual type. Cheap: reads ``dataset_info.json``."""
+    problems = []
+    for ds, columns in zip(REAL_DATASETS[task], TASK_COLUMNS[task]):
+        folder = cached_splits(ds, data_dir).get(ds.split)
+        if folder is None:
+            continue  # missing_data says so
+        info_path = folder / "dataset_info.json"
+        features = json.loads(info_path.read_text()).get("features")
+        if not isinstance(features, dict):
+            continue  # datasets always writes the features; a bare split marker (tests) has none to check
+        for column, expected in columns.items():
+            if column not in features:
+                problems.append(f"{ds.describe()}: column {column!r} (expected type {expected or 'any'}) is missing; "
+                                f"its columns: {sorted(features)} ({info_path})")
+                continue
+            actual = feature_type(features[column])
+            if expected is not None and not _type_matches(expected, actual):
+                problems.append(f"{ds.describe()}: column {column!r} has type {actual}, expected {expected} "
+                                f"({info_path})")
+    return problems
+
+
 def default_data_dir() -> Path:
     """``$MMMAMBA_BENCH_DATA`` if set, else ``~/.cache/mmmamba_bench/datasets``."""
     env = os.environ.get(DATA_DIR_ENV, "").strip()

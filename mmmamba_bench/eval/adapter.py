@@ -30,6 +30,15 @@ DECODE_PATH = "mmmamba_bench.generation.generate: prefill + one-token steps over
 LOGLIKELIHOOD_PATH = "one full forward pass over prompt + continuation"
 
 
+class NonFiniteLogits(RuntimeError):
+    """The model produced NaN or infinite logits during evaluation: the run stops instead of scoring garbage."""
+
+
+class BadRequestInput(ValueError):
+    """A request's document cannot become model input (corrupt image, wrong type); the message names task and
+    document."""
+
+
 @dataclass(frozen=True)
 class GenSettings:
     max_new_tokens: int
@@ -67,6 +76,18 @@ def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
             if i != -1:
                 cut = min(cut, i)
     return text[:cut]
+
+
+def position_limit(config) -> int | None:
+    """The longest sequence the model's positions cover, or None when nothing bounds it.
+
+    A stack with attention layers is bounded by its ``max_position_embeddings`` unless it applies ``rope_scaling``
+    (HoVLE's dynamic NTK extends it; mmMamba ignores rope_scaling, see ``ChatConfig.applies_rope_scaling``); Mamba-2
+    layers have no positions. Beyond the bound the model still runs, on positions it was never trained on.
+    """
+    limits = [stack.max_position_embeddings for stack in (config.embedding_config, config.llm_config)
+              if "mha" in stack.block_types and not (stack.rope_scaling and config.applies_rope_scaling)]
+    return min(limits) if limits else None
 
 
 def _lmms_base():
@@ -127,19 +148,74 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         return visuals
 
     def _encode_prompt(self, context: str, visuals: list):
-        if len(visuals) > 1:
-            raise ValueError(f"{len(visuals)} images in one request: only one image per prompt is supported")
-        return self.processor.encode_prompt(context, visuals[0] if visuals else None)
+        """Several images: each tiled with its share of ``max_tiles``, one ``Image-k:`` block each (as VLMEvalKit
+        evaluates InternVL-style models; see :mod:`mmmamba_bench.preprocessing`)."""
+        return self.processor.encode_prompt(context, visuals or None)
+
+    def _encode_request(self, context: str, doc_to_visual, doc_id, task, split):
+        """A request's prompt and images as model input; any failure (a corrupt or truncated image, a visual that is
+        not an image, a prompt the layout refuses) is a :class:`BadRequestInput` naming the task and document."""
+        try:
+            if not isinstance(context, str):
+                raise TypeError(f"the prompt is a {type(context).__name__}, not text")
+            return self._encode_prompt(context, self._visuals(doc_to_visual, doc_id, task, split))
+        except BadRequestInput:
+            raise
+        except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise BadRequestInput(f"task {task!r} doc {doc_id} (split {split!r}): cannot build the model input: "
+                                  f"{type(exc).__name__}: {exc}. The run stops before inference (the images of "
+                                  f"every request are decoded before the first batch); fix or drop this "
+                                  f"document") from exc
+
+    def _input_stats(self) -> dict[str, Any]:
+        """Counts about the inputs seen so far (created on first use): see :meth:`input_report`."""
+        if "_inputs_seen" not in self.__dict__:  # the model is loaded now (lmms-eval's clean() deletes it at the end)
+            self._inputs_seen = {"position_limit": position_limit(self.model.config), "over_position_limit": {},
+                                 "warned": False}
+        return self._inputs_seen
+
+    def _check_lengths(self, lengths: list[tuple[str, int]]) -> None:
+        """``lengths``: (task, positions a request uses). Requests beyond :func:`position_limit` are evaluated (the
+        scores stay comparable with other harnesses) but counted per task, recorded in the results JSON
+        (:meth:`input_report`), and warned about once per run."""
+        stats = self._input_stats()
+        limit = stats["position_limit"]
+        if limit is None:
+            return
+        over: dict[str, int] = {}
+        for task, n in lengths:
+            if n > limit:
+                over[task] = over.get(task, 0) + 1
+        for task, n in over.items():
+            stats["over_position_limit"][task] = stats["over_position_limit"].get(task, 0) + n
+        if over and not stats["warned"]:
+            stats["warned"] = True
+            log.warning("mmmamba adapter: %d request(s) need more positions than the model's %d "
+                        "(max_position_embeddings, no RoPE scaling): %s; they are evaluated on positions the model "
+                        "was not trained on (counts per task recorded in the results JSON's \"mmmamba_bench\" key, "
+                        "\"inputs\"; warned once per run)", sum(over.values()), limit,
+                        ", ".join(f"{t}: {n}" for t, n in sorted(over.items())))
+
+    def input_report(self) -> dict[str, Any]:
+        """What the inputs of this run were like, for the results JSON: the position limit and, per task, how many
+        requests went past it (prompt + max_new_tokens, or prompt + continuation)."""
+        stats = self._input_stats()
+        return {"position_limit": stats["position_limit"],
+                "over_position_limit": dict(sorted(stats["over_position_limit"].items()))}
 
     def generate_until(self, requests) -> list[str]:
         from tqdm import tqdm
 
-        items = []
+        from mmmamba_bench.generation import WatchLogits
+
+        items, lengths = [], []
         for i, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             settings = parse_gen_kwargs(gen_kwargs, self.default_max_new_tokens)
-            enc = self._encode_prompt(context, self._visuals(doc_to_visual, doc_id, task, split))
-            items.append((i, settings, enc))
+            enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
+            items.append((i, settings, enc, (task, doc_id)))
+            lengths.append((task, len(enc.input_ids) + settings.max_new_tokens))
+        self._check_lengths(lengths)
         # Group identical settings, longest prompts first, so batches are dense.
         items.sort(key=lambda it: (repr(it[1]), -len(it[2].input_ids)))
         out: list[str | None] = [None] * len(items)
@@ -151,7 +227,13 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
             while end < len(items) and end - start < self.batch_size_per_gpu and items[end][1] == settings:
                 end += 1
             chunk = items[start:end]
-            for (i, _, _), text in zip(chunk, self._generate_batch([c[2] for c in chunk], settings)):
+            with WatchLogits() as watch:  # NaN / inf logits choosing tokens: flagged on the device, read once
+                texts = self._generate_batch([c[2] for c in chunk], settings)
+            if watch.found():
+                raise NonFiniteLogits(f"the model produced NaN or infinite logits while answering the batch "
+                                      f"{_name_docs(c[3] for c in chunk)}; its scores would be meaningless, so the "
+                                      f"run stops (check the weights and the dtype)")
+            for (i, *_), text in zip(chunk, texts):
                 out[i] = text
             bar.update(len(chunk))
             start = end
@@ -177,16 +259,29 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
     def loglikelihood(self, requests) -> list:
         from lmms_eval.api.instance import GenerationResult
 
-        results = []
+        # every request's input first: a corrupt image or a bad continuation stops the run before any inference
+        inputs, lengths = [], []
         for req in requests:
             context, continuation, doc_to_visual, doc_id, task, split = req.args
-            enc = self._encode_prompt(context, self._visuals(doc_to_visual, doc_id, task, split))
+            enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
+            if not isinstance(continuation, str):
+                raise BadRequestInput(f"task {task!r} doc {doc_id}: the continuation {continuation!r} is of type "
+                                      f"{type(continuation).__name__}, not text (check the task's target column)")
             cont = self.processor.tokenizer.encode(continuation)
             if not cont:
                 raise ValueError(f"task {task!r} doc {doc_id}: continuation {continuation!r} tokenizes to nothing")
+            inputs.append((enc, cont, (task, doc_id)))
+            lengths.append((task, len(enc.input_ids) + len(cont)))
+        self._check_lengths(lengths)
+        results = []
+        for enc, cont, where in inputs:
             ids = torch.tensor([enc.input_ids + cont], device=self._device)
             pv = None if enc.pixel_values is None else enc.pixel_values.to(self._device)
             logits = self.model(ids, pixel_values=pv).logits[0, len(enc.input_ids) - 1:-1].float()  # [n_cont, V]
+            if not bool(torch.isfinite(logits).all()):
+                raise NonFiniteLogits(f"the model produced NaN or infinite logits while scoring "
+                                      f"{_name_docs([where])}; its scores would be meaningless, so the run stops "
+                                      f"(check the weights and the dtype)")
             target = torch.tensor(cont, device=self._device)
             logp = torch.log_softmax(logits, dim=-1)
             nll = float(-logp.gather(-1, target[:, None]).sum())
@@ -196,6 +291,15 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("mmmamba adapter: multi-round generation is not supported")
+
+
+def _name_docs(where) -> str:
+    """(task, doc_id) pairs -> "task 'a' docs [0, 3], task 'b' doc 7"."""
+    by_task: dict[str, list] = {}
+    for task, doc_id in where:
+        by_task.setdefault(task, []).append(doc_id)
+    return ", ".join(f"task {t!r} doc {ids[0]}" if len(ids) == 1 else f"task {t!r} docs {sorted(ids)}"
+                     for t, ids in by_task.items())
 
 
 def _parse_dtype(dtype: str, device: str) -> torch.dtype:

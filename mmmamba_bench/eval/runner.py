@@ -111,7 +111,8 @@ def _evaluate(path: Path, label: str, task_names: list[str], output: str | Path,
     if results is None:
         raise RuntimeError("lmms-eval returned no results (non-zero rank?)")
     samples = results.pop("samples", None)
-    results[RESULTS_KEY] = record
+    # how many requests went past the model's positions (warned once during the run), per task
+    results[RESULTS_KEY] = {**record, "inputs": lmm.input_report()}
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for task, rows in (samples or {}).items():
         _write_jsonl_atomic(folder / f"{stamp}_samples_{task}.jsonl", rows)

@@ -112,7 +112,10 @@ def _mini_problems(task: str, data_dir: Path) -> list[str]:
     problems = []
     try:
         meta = pq.read_metadata(path)
-        minisuite.check_columns(meta.schema.to_arrow_schema().names, meta.num_rows, str(path))
+        schema = meta.schema.to_arrow_schema()
+        minisuite.check_columns(schema.names, meta.num_rows, str(path))
+        problems += [f"{path}: column {f.name!r} has type {schema.field(f.name).type}, expected {f.type}; {regenerate}"
+                     for f in minisuite.SCHEMA if not schema.field(f.name).type.equals(f.type)]
     except Exception as exc:  # pyarrow errors, MiniSuiteDataError
         problems.append(f"{exc}")
     if minisuite.sha256_file(path) != expected:
@@ -160,8 +163,9 @@ def check_tasks(task_names: Iterable[str], data_dir: Path | str | None = None, *
 
     ``data_dir`` is the local datasets cache of the real benchmarks (default :func:`real.default_data_dir`); the
     mini tasks read ``mini_data_dir`` (default :func:`mmmamba_bench.assets.default_mini_data_dir`). Checks: known task
-    name; mini-suite file present, well-formed and matching its manifest; real datasets present in ``data_dir``
-    with the split evaluated; judge credentials for judge-scored tasks. Nothing is downloaded; lmms-eval is not
+    name; mini-suite file present, well-formed (every column, of its type) and matching its manifest; real datasets present
+    in ``data_dir`` with the split evaluated and the columns the task reads, of their types
+    (:data:`~mmmamba_bench.data.real.TASK_COLUMNS`); judge credentials for judge-scored tasks. Nothing is downloaded; lmms-eval is not
     imported.
     """
     data_dir = Path(data_dir).expanduser() if data_dir is not None else real.default_data_dir()
@@ -183,6 +187,7 @@ def check_tasks(task_names: Iterable[str], data_dir: Path | str | None = None, *
             if data_dir.is_dir():
                 found += [f"{p}; fetch it once with network: `python -m mmmamba_bench.data.real --data-dir "
                           f"{data_dir} {task}`" for p in real.missing_data(task, data_dir)]
+                found += real.column_problems(task, data_dir)
             if task in JUDGE_TASKS:
                 found += _judge_problems()
         else:
