@@ -9,7 +9,7 @@ eager loop's cut text: the first occurrence lies in the part of the text both pa
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

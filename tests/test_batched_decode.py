@@ -29,7 +29,7 @@ def test_capacity_for():
 
 
 def test_stop_strings_decode_only_unmatched_rows():
-    decode = lambda ids: "".join(chr(ord("a") + i) for i in ids)  # noqa: E731
+    decode = lambda ids: "".join(chr(ord("a") + i) for i in ids)
     stop = StopStrings(decode, ("cd", ""))
     assert stop(torch.tensor([[2], [0]])).tolist() == [False, False]
     assert stop(torch.tensor([[2, 3], [0, 1]])).tolist() == [True, False]
@@ -65,7 +65,7 @@ def test_batched_step_equals_eager_loop(kind):
     """Mixed prompt lengths, left padding, images; a batch of 3 decoded in bucket 4: same greedy tokens."""
     model = random_model(kind)
     ids, mask, pv = _padded_batch(model, [9, 3, 6])
-    kw = dict(pixel_values=pv, attention_mask=mask, max_new_tokens=7)
+    kw = {"pixel_values": pv, "attention_mask": mask, "max_new_tokens": 7}
     eager = generate(model, ids, fast="off", **kw)
     fast = generate(model, ids, fast="on", **kw)
     assert torch.equal(fast, eager)
@@ -102,7 +102,7 @@ def test_batched_step_logits_equal_eager_steps(kind):
 def test_eos_trim_and_stop_strings_match_eager():
     model = random_model("hybrid")
     ids, mask, pv = _padded_batch(model, [4, 8], n_tiles=1)
-    kw = dict(pixel_values=pv, attention_mask=mask, max_new_tokens=9)
+    kw = {"pixel_values": pv, "attention_mask": mask, "max_new_tokens": 9}
     free = generate(model, ids, fast="off", **kw)
     L = ids.shape[1]
     eos = int(free[0, L + 2])  # row 0 ends at its third token
@@ -110,9 +110,9 @@ def test_eos_trim_and_stop_strings_match_eager():
     fast = generate(model, ids, fast="on", eos_token_id=eos, **kw)
     assert torch.equal(fast, eager)
 
-    decode = lambda row: " ".join(str(int(t)) for t in row)  # noqa: E731
+    decode = lambda row: " ".join(str(int(t)) for t in row)
     until = (str(int(free[1, L + 3])), str(int(free[0, L + 1])))
-    cut = lambda out: [cut_at_stop(decode(r[L:]), until) for r in out]  # noqa: E731
+    cut = lambda out: [cut_at_stop(decode(r[L:]), until) for r in out]
     eager = generate(model, ids, fast="off", stop=StopStrings(decode, until), **kw)
     for interval in (1, 3, 4):
         fast = generate(model, ids, fast="on", stop=StopStrings(decode, until), stop_interval=interval, **kw)
@@ -123,7 +123,7 @@ def test_eos_trim_and_stop_strings_match_eager():
 def test_batches_above_the_largest_bucket_go_in_slices():
     model = random_model("linear")
     ids, mask, pv = _padded_batch(model, [2, 5, 3], n_tiles=1)
-    kw = dict(pixel_values=pv, attention_mask=mask, max_new_tokens=4)
+    kw = {"pixel_values": pv, "attention_mask": mask, "max_new_tokens": 4}
     eager = generate(model, ids, fast="off", **kw)
     gen = FastGenerator(model, buckets=(1, 2))
     assert torch.equal(gen.generate(ids, **kw), eager)

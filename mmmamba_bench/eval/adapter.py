@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mmmamba_bench.stopping import StopStrings, cut_at_stop  # noqa: F401  (cut_at_stop: re-exported)
+from mmmamba_bench.stopping import StopStrings, cut_at_stop
 
 log = logging.getLogger(__name__)
 

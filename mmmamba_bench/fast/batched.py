@@ -18,8 +18,8 @@ RoPE position is idx - npad[b], as the eager step computes it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +141,7 @@ class BatchedDecoder:
         self.w_out = model.language_model.output.weight
         self.rotary = model._rotary
         G, I, C = self.nh * self.hd, llm.intermediate_size, (2 * self.nkv + self.nh) * self.hd
-        z = lambda *shape, dtype=dt: torch.zeros(*shape, dtype=dtype, device=dev)  # noqa: E731
+        z = lambda *shape, dtype=dt: torch.zeros(*shape, dtype=dtype, device=dev)
         self.tok, self.idx, self.npad = z(B, dtype=torch.long), z(1, dtype=torch.long), z(B, dtype=torch.long)
         self.x, self.n, self.delta = z(B, H), z(B, H), z(B, H)
         self.a, self.b, self.h = z(B, I), z(B, I), z(B, I)
@@ -162,8 +162,8 @@ class BatchedDecoder:
         stack = 0 if i < self.n_emb else 1
         scfg = self.model.config.embedding_config if stack == 0 else self.model.config.llm_config
         ff, mix = layer.feed_forward, layer.attention
-        common = dict(kind=layer.kind, stack=stack, eps=scfg.rms_norm_eps, norm1=layer.attention_norm.weight,
-                      norm2=layer.ffn_norm.weight, w1=ff.w1.weight, w3=ff.w3.weight, w2=ff.w2.weight, cache=c)
+        common = {"kind": layer.kind, "stack": stack, "eps": scfg.rms_norm_eps, "norm1": layer.attention_norm.weight,
+                      "norm2": layer.ffn_norm.weight, "w1": ff.w1.weight, "w3": ff.w3.weight, "w2": ff.w2.weight, "cache": c}
         if layer.kind == "mamba2":
             return _Layer(**common, w_o=mix.o_proj.weight, w_in=mix.wvkqgdt.weight,
                           conv_w=mix.conv1d.weight.view(mix.conv_dim, 2), conv_b=mix.conv1d.bias,
@@ -173,7 +173,7 @@ class BatchedDecoder:
     @torch.no_grad()
     def _body(self) -> None:
         ops, x, n, delta = self.ops, self.x, self.n, self.delta
-        mm = lambda inp, w, out: torch.mm(inp, w.t(), out=out)  # noqa: E731  [B, K] x [N, K]^T -> [B, N]
+        mm = lambda inp, w, out: torch.mm(inp, w.t(), out=out)
         torch.index_select(self.emb, 0, self.tok, out=x)
         rope = {}
         if self.has_attention:
@@ -307,7 +307,7 @@ class FastGenerator:
                  stop: Callable[[torch.Tensor], torch.Tensor] | None = None, stop_interval: int = 4) -> torch.Tensor:
         """:func:`mmmamba_bench.generation.generate`'s contract. Batches above the largest bucket go in slices of
         it (rows padded with the pad id to the longest slice: what the eager loop writes for finished rows)."""
-        from mmmamba_bench.generation import select_next, prefill
+        from mmmamba_bench.generation import prefill, select_next
 
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
