@@ -118,21 +118,25 @@ def time_generate(model, qs: Questions, batch: int, n_batches: int, new: int, fa
             "questions_per_s": round(n / dt, 2)}
 
 
-def time_prefill(model, qs: Questions, batch: int, peak: float, reps: int = 3) -> dict:
+def time_prefill(model, qs: Questions, batch: int, peak: float, fused: bool = True, reps: int = 3) -> dict:
+    """The prefill as FastGenerator runs it (``fused``: model.fused's element-wise kernels; False: plain ops)."""
+    from mmmamba_bench.model.fused import fused_prefill
+
     ids, mask, pv = qs.batch(batch)
     cache = model.allocate_cache(batch, ids.shape[1] + 1)
-    prefill(model, cache, ids, pixel_values=pv, attention_mask=mask)  # warm-up (JIT, autotune)
     times = []
-    for _ in range(reps):
-        cache.length = 0
-        t0 = sync_time()
-        prefill(model, cache, ids, pixel_values=pv, attention_mask=mask)
-        times.append(sync_time() - t0)
+    with fused_prefill(fused):
+        prefill(model, cache, ids, pixel_values=pv, attention_mask=mask)  # warm-up (JIT, autotune)
+        for _ in range(reps):
+            cache.length = 0
+            t0 = sync_time()
+            prefill(model, cache, ids, pixel_values=pv, attention_mask=mask)
+            times.append(sync_time() - t0)
     t = statistics.median(times)
     fl = prefill_flops(model, ids, mask)
     del cache
     torch.cuda.empty_cache()
-    return {"batch": batch, "tokens": int(ids.numel()), "seconds": round(t, 4), "per_question_ms": round(1e3 * t / batch, 2),
+    return {"batch": batch, "fused_elementwise": fused, "tokens": int(ids.numel()), "seconds": round(t, 4), "per_question_ms": round(1e3 * t / batch, 2),
             "model_tflop": round(fl / 1e12, 2), "tflops": round(fl / t / 1e12, 1), "pct_of_peak": round(100 * fl / t / peak, 1)}
 
 
@@ -164,7 +168,9 @@ def profile_prefill(model, qs: Questions, batch: int = 16, top: int = 25) -> str
     cache = model.allocate_cache(batch, ids.shape[1] + 1)
     prefill(model, cache, ids, pixel_values=pv, attention_mask=mask)
     cache.length = 0
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    from mmmamba_bench.model.fused import fused_prefill
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof, fused_prefill():
         prefill(model, cache, ids, pixel_values=pv, attention_mask=mask)
         torch.cuda.synchronize()
     del cache
@@ -201,7 +207,7 @@ def bench_model(name: str, args, peak: float) -> dict:
               flush=True)
     res["decode_step_ms"] = time_steps(model, [1] + list(args.batches), 1850)
     print(f"  {name} decode step ms by bucket: {res['decode_step_ms']}", flush=True)
-    res["prefill"] = [time_prefill(model, qs, b, peak) for b in (8, 16)]
+    res["prefill"] = [time_prefill(model, qs, b, peak) for b in (8, 16)] + [time_prefill(model, qs, 16, peak, False)]
     print(f"  {name} prefill: {res['prefill']}", flush=True)
     res["code_path_after"] = model.code_path.as_dict()
     # Table-1 projection from this model's measurements (batch 16, fast path)

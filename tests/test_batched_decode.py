@@ -139,3 +139,14 @@ def test_choose_path_on_cpu():
         choose_path(model, "maybe")
     generate(model, torch.tensor([[1, 2, 3]]), max_new_tokens=2)
     assert model.code_path.extra["generate"] == "eager per-token loop (no CUDA device (model on cpu))"
+
+
+def test_fused_prefill_is_a_no_op_on_cpu():
+    from mmmamba_bench.model.fused import applies, fused_prefill
+
+    model = random_model("hybrid", dtype=torch.float32)
+    ids, mask, pv = _padded_batch(model, [4, 8], n_tiles=1)
+    plain = model(ids, pixel_values=pv, attention_mask=mask).logits
+    with torch.no_grad(), fused_prefill():
+        assert not applies(ids.float())
+        assert torch.equal(model(ids, pixel_values=pv, attention_mask=mask).logits, plain)

@@ -40,6 +40,20 @@ def mamba_post(proj, conv_state, conv_w, conv_b, dt_bias, xbc_out, dt_out) -> No
     dt_out.copy_(F.softplus(proj[:, proj.shape[1] - nh:].to(dt_out.dtype) + dt_bias.to(dt_out.dtype)))
 
 
+def conv_silu_prefill(proj, L: int, mask, prev, conv_w, conv_b, out) -> None:
+    """A prefill chunk's conv: SiLU(width-2 causal conv) of the first C channels of proj [B L, N] (rows of B
+    sequences of L tokens), left padding zeroed by mask [B, L] (0 / 1 in proj's dtype; None: no padding), prev
+    [B, C] the token before the chunk (None: zeros) -> out [B L, C]."""
+    from mmmamba_bench.model.mamba2 import causal_conv_width2
+
+    BL, N = proj.shape
+    B, C = BL // L, out.shape[1]
+    xbc = proj.view(B, L, N)[..., :C]
+    if mask is not None:
+        xbc = xbc * mask[..., None]
+    out.copy_(F.silu(causal_conv_width2(xbc, conv_w.view(C, 1, 2), conv_b, prev)).reshape(BL, C))
+
+
 def ssm_step(xbc, dt, A_log, state, y_out, nkv: int) -> None:
     """One SSD step for every row and head; state [B, nh, p, n] (float32) updated in place; y_out [B, nh p]."""
     B, nh, p, n = state.shape
@@ -104,6 +118,7 @@ class TorchBatchOps:
     name = "torch"
     add_rms_norm = staticmethod(add_rms_norm)
     mamba_post = staticmethod(mamba_post)
+    conv_silu_prefill = staticmethod(conv_silu_prefill)
     ssm_step = staticmethod(ssm_step)
     gated_norm = staticmethod(gated_norm)
     swiglu = staticmethod(swiglu)

@@ -69,6 +69,29 @@ def _mamba_post_kernel(proj_ptr, cs_ptr, cw_ptr, cb_ptr, dtb_ptr, xbc_ptr, dt_pt
 
 
 @triton.jit
+def _conv_prefill_kernel(proj_ptr, mask_ptr, prev_ptr, cw_ptr, cb_ptr, out_ptr, L, N, C, HAS_MASK: tl.constexpr,
+                         HAS_PREV: tl.constexpr, BLOCK: tl.constexpr):
+    # one program per (token row of [B * L], BLOCK channels): the conv reads this row and the previous one
+    r = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = c < C
+    t = r % L
+    val = tl.load(proj_ptr + r * N + c, mask=m, other=0.0).to(tl.float32)
+    pv = tl.load(proj_ptr + (r - 1) * N + c, mask=m & (t > 0), other=0.0).to(tl.float32)
+    if HAS_MASK:  # left padding contributes zeros (a multiplication by 1 or 0, exact)
+        val = val * tl.load(mask_ptr + r).to(tl.float32)
+        pv = pv * tl.load(mask_ptr + r - 1, mask=t > 0, other=0.0).to(tl.float32)
+    if HAS_PREV:
+        ps = tl.load(prev_ptr + (r // L) * C + c, mask=m & (t == 0), other=0.0).to(tl.float32)
+        pv = tl.where(t == 0, ps, pv)
+    w0 = tl.load(cw_ptr + c * 2, mask=m, other=0.0).to(tl.float32)
+    w1 = tl.load(cw_ptr + c * 2 + 1, mask=m, other=0.0).to(tl.float32)
+    bias = tl.load(cb_ptr + c, mask=m, other=0.0).to(tl.float32)
+    conv = _bf(_bf(_bf(val * w1) + _bf(pv * w0)) + bias)
+    tl.store(out_ptr + r * C + c, (conv / (1.0 + tl.exp(-conv))).to(tl.bfloat16), mask=m)
+
+
+@triton.jit
 def _ssm_step_kernel(xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP: tl.constexpr, NKV: tl.constexpr,
                      NH: tl.constexpr, P: tl.constexpr, NS: tl.constexpr, BLOCK_P: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -244,6 +267,15 @@ class TritonBatchOps:
         _mamba_post_kernel[(B, triton.cdiv(C, block))](proj, conv_state, conv_w, conv_b, dt_bias, xbc_out, dt_out,
                                                        N, C, N - nh, NH=nh, BLOCK=block,
                                                        BLOCK_H=triton.next_power_of_2(nh), num_warps=4)
+
+    def conv_silu_prefill(self, proj, L: int, mask, prev, conv_w, conv_b, out) -> None:
+        BL, N = proj.shape
+        C = out.shape[1]
+        block = 1024
+        _conv_prefill_kernel[(BL, triton.cdiv(C, block))](proj, mask if mask is not None else proj,
+                                                          prev if prev is not None else proj, conv_w, conv_b, out,
+                                                          L, N, C, HAS_MASK=mask is not None,
+                                                          HAS_PREV=prev is not None, BLOCK=block, num_warps=4)
 
     def ssm_step(self, xbc, dt, A_log, state, y_out, nkv: int) -> None:
         B, nh, p, n = state.shape

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmamba_bench.fast.batch_torch_ops import TorchBatchOps
+from mmmamba_bench.model import fused
 from mmmamba_bench.model.cache import AttentionCache, InferenceCache, Mamba2Cache
 from mmmamba_bench.model.layers import Rotary
 from mmmamba_bench.model.mamba2 import GATE_NORM_EPS
@@ -244,7 +245,8 @@ class FastGenerator:
     ``graphs=False`` runs the same step eagerly (for tests and for devices without graphs).
     """
 
-    def __init__(self, model, impl: str = "auto", buckets: tuple[int, ...] = BUCKETS, graphs: bool | None = None):
+    def __init__(self, model, impl: str = "auto", buckets: tuple[int, ...] = BUCKETS, graphs: bool | None = None,
+                 fused_prefill: bool = True):
         ok, chosen, why = fast_usable(model, impl) if model.device.type == "cuda" else (True, "torch", "cpu")
         if not ok:
             raise RuntimeError(f"batched fast decode cannot run: {why}")
@@ -261,6 +263,8 @@ class FastGenerator:
         self.decoders: dict[int, BatchedDecoder] = {}
         self.used: set[int] = set()
         self.captures = 0
+        # the prefill's element-wise work through model.fused's kernels (bf16 CUDA only; elsewhere a no-op)
+        self.fused_prefill = fused_prefill and chosen == "triton"
 
     # ---- state -------------------------------------------------------------------------------------------------
     def _decoder(self, bucket: int, length: int) -> BatchedDecoder:
@@ -288,7 +292,9 @@ class FastGenerator:
     def path(self) -> dict[str, str]:
         """What runs (for ``model.code_path`` and result rows)."""
         graph = "cuda-graph per bucket" if self.graphs else "no graph"
-        return {"generate": f"batched prefill + batched decode ({graph})", "decode_ops": f"{self.impl} + cuBLAS GEMMs",
+        prefill = "model forward" + (" + fused element-wise Triton kernels" if self.fused_prefill else "")
+        return {"generate": f"batched prefill + batched decode ({graph})", "prefill": prefill,
+                "decode_ops": f"{self.impl} + cuBLAS GEMMs",
                 "decode_buckets": ",".join(map(str, self.buckets)),
                 "decode_buckets_used": ",".join(map(str, sorted(self.used))) or "-"}
 
@@ -335,8 +341,9 @@ class FastGenerator:
         self.used.add(bucket)
         self.record_path()
         cache = self.cache.rows(B)  # the real rows; rows B..bucket-1 are decoded too, and ignored
-        logits = prefill(self.model, cache, input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-                         chunk_size=prefill_chunk_size)
+        with fused.fused_prefill(self.fused_prefill):
+            logits = prefill(self.model, cache, input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                             chunk_size=prefill_chunk_size)
         npad = (~cache.key_mask[:, :L]).sum(-1)  # [B] left-padding slots per row
         dec.npad.zero_()
         dec.npad[:B].copy_(npad)
