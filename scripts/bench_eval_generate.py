@@ -140,6 +140,24 @@ def time_prefill(model, qs: Questions, batch: int, peak: float, fused: bool = Tr
             "model_tflop": round(fl / 1e12, 2), "tflops": round(fl / t / 1e12, 1), "pct_of_peak": round(100 * fl / t / peak, 1)}
 
 
+def time_new_length(model, qs: Questions, batch: int = 8) -> dict:
+    """A padded prefill (plain model forward) at a sequence length not seen before, then again at that length: the
+    first call includes per-shape planning (cuDNN's masked attention, autotuning); the reason FastGenerator pads
+    batches to a multiple of batched.LENGTH_QUANTUM."""
+    ids, mask, pv = qs.batch(batch)
+    ids = torch.cat([torch.zeros(batch, 11, dtype=ids.dtype, device=ids.device), ids], 1)  # an unusual length
+    mask = torch.cat([torch.zeros(batch, 11, dtype=mask.dtype, device=mask.device), mask], 1)
+    out = {"length": int(ids.shape[1])}
+    cache = model.allocate_cache(batch, ids.shape[1] + 1)
+    for key in ("first_s", "second_s"):
+        cache.length = 0
+        t0 = sync_time()
+        prefill(model, cache, ids, pixel_values=pv, attention_mask=mask)
+        out[key] = round(sync_time() - t0, 3)
+    del cache
+    return out
+
+
 def time_steps(model, buckets, length: int, reps: int = 50) -> dict:
     from mmmamba_bench.fast.batched import fast_generator
 
@@ -205,6 +223,8 @@ def bench_model(name: str, args, peak: float) -> dict:
     for r in runs:
         print(f"  {name:15s} {r['path']:3s} batch {r['batch']:2d} new {r['new_tokens']:3d}: {r['questions_per_s']:7.2f} q/s",
               flush=True)
+    res["new_length_prefill"] = time_new_length(model, qs)
+    print(f"  {name} prefill at a new length: {res['new_length_prefill']}", flush=True)
     res["decode_step_ms"] = time_steps(model, [1] + list(args.batches), 1850)
     print(f"  {name} decode step ms by bucket: {res['decode_step_ms']}", flush=True)
     res["prefill"] = [time_prefill(model, qs, b, peak) for b in (8, 16)] + [time_prefill(model, qs, 16, peak, False)]

@@ -28,6 +28,15 @@ def test_capacity_for():
     assert capacity_for(1900, quantum=256) == 2048
 
 
+def test_pad_left_to_a_length_quantum():
+    from mmmamba_bench.fast.batched import pad_left
+
+    ids, mask = torch.tensor([[5, 6, 7], [0, 8, 9]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
+    pids, pmask = pad_left(ids, mask, 4)
+    assert pids.tolist() == [[0, 5, 6, 7], [0, 0, 8, 9]] and pmask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
+    assert pad_left(ids, mask, 3)[0] is ids
+
+
 def test_stop_strings_decode_only_unmatched_rows():
     decode = lambda ids: "".join(chr(ord("a") + i) for i in ids)
     stop = StopStrings(decode, ("cd", ""))

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 BUCKETS = (1, 2, 4, 8, 16, 32)
 CAPACITY_QUANTUM = 512  # cache lengths are rounded up to this, so prompts of similar length share one capture
+# A left-padded batch is padded further, to a multiple of this: the masked attention of a padded prefill (cuDNN)
+# plans each new sequence length once, and a real evaluation would otherwise meet hundreds of lengths.
+LENGTH_QUANTUM = 64
 IMPLS = ("auto", "triton", "torch")
 
 
@@ -336,6 +339,10 @@ class FastGenerator:
             width = max(o.shape[1] for o in outs)
             return torch.cat([F.pad(o, (0, width - o.shape[1]), value=pad) for o in outs])
 
+        prompt = input_ids
+        if attention_mask is not None and not bool(attention_mask.bool().all()):
+            input_ids, attention_mask = pad_left(input_ids, attention_mask.to(device), LENGTH_QUANTUM)
+            L = input_ids.shape[1]
         bucket = bucket_for(B, self.buckets)
         dec = self._decoder(bucket, L + max_new_tokens)
         self.used.add(bucket)
@@ -374,7 +381,16 @@ class FastGenerator:
         if len(finished):  # the eager loop stops right after the step at which every row was done
             n = int(finished[0, 0]) + 1
         cache.length = L + n
-        return torch.cat([input_ids, new[:, :n]], dim=1)
+        return torch.cat([prompt, new[:, :n]], dim=1)
+
+
+def pad_left(input_ids: torch.Tensor, attention_mask: torch.Tensor, quantum: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad [B, L] ids (id 0) and mask (0) to a multiple of ``quantum`` columns (padding is masked everywhere,
+    so every row's result is unchanged)."""
+    extra = -input_ids.shape[1] % quantum
+    if extra == 0:
+        return input_ids, attention_mask
+    return F.pad(input_ids, (extra, 0), value=0), F.pad(attention_mask, (extra, 0), value=0)
 
 
 def _split_tiles(input_ids: torch.Tensor, pixel_values: torch.Tensor, model, size: int) -> list[torch.Tensor]:
