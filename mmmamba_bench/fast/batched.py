@@ -341,8 +341,9 @@ class FastGenerator:
 
         prompt = input_ids
         if attention_mask is not None and not bool(attention_mask.bool().all()):
-            input_ids, attention_mask = pad_left(input_ids, attention_mask.to(device), LENGTH_QUANTUM)
-            L = input_ids.shape[1]
+            padded_ids, padded_mask = pad_left(input_ids, attention_mask.to(device), LENGTH_QUANTUM)
+            if padding_is_neutral(self.model, padded_ids.shape[1] + max_new_tokens):
+                input_ids, attention_mask, L = padded_ids, padded_mask, padded_ids.shape[1]
         bucket = bucket_for(B, self.buckets)
         dec = self._decoder(bucket, L + max_new_tokens)
         self.used.add(bucket)
@@ -382,6 +383,12 @@ class FastGenerator:
             n = int(finished[0, 0]) + 1
         cache.length = L + n
         return torch.cat([prompt, new[:, :n]], dim=1)
+
+
+def padding_is_neutral(model, length: int) -> bool:
+    """Whether extra left padding leaves every row's result unchanged for sequences of up to ``length`` slots: not
+    when a dynamic-NTK RoPE would take its base from a (padded) length above its max_position_embeddings."""
+    return all(rot.kind != "dynamic" or length <= rot.max_pos for rot in model._rotary)
 
 
 def pad_left(input_ids: torch.Tensor, attention_mask: torch.Tensor, quantum: int) -> tuple[torch.Tensor, torch.Tensor]:
