@@ -29,6 +29,7 @@ from mmmamba_bench.model import fused
 from mmmamba_bench.model.cache import AttentionCache, InferenceCache, Mamba2Cache
 from mmmamba_bench.model.layers import Rotary
 from mmmamba_bench.model.mamba2 import GATE_NORM_EPS
+from mmmamba_bench.steps import prefill, select_next
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +317,6 @@ class FastGenerator:
                  stop: Callable[[torch.Tensor], torch.Tensor] | None = None, stop_interval: int = 4) -> torch.Tensor:
         """:func:`mmmamba_bench.generation.generate`'s contract. Batches above the largest bucket go in slices of
         it (rows padded with the pad id to the longest slice: what the eager loop writes for finished rows)."""
-        from mmmamba_bench.generation import prefill, select_next
-
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         device = self.model.device
