@@ -319,6 +319,8 @@ class FastGenerator:
         it (rows padded with the pad id to the longest slice: what the eager loop writes for finished rows)."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if stop_interval < 1:
+            raise ValueError(f"stop_interval must be >= 1, got {stop_interval}")
         device = self.model.device
         input_ids = input_ids.to(device)
         B, L = input_ids.shape
