@@ -1,87 +1,49 @@
-"""Prefill, then one-token steps over a cache allocated up front (fixed shapes); greedy or sampling."""
+"""Prefill, then one-token steps over a cache allocated up front (fixed shapes); greedy or sampling.
+
+:func:`generate` runs one of two paths, recorded in ``model.code_path.extra["generate"]``:
+
+- the eager per-token loop below (the reference; the CPU path), one model call per token;
+- on CUDA, the batched fast path (:mod:`mmmamba_bench.fast.batched`): the same prefill, then a batched decode step
+  captured in a CUDA graph per batch-size bucket. ``fast="auto"`` takes it when it can run and says why not
+  otherwise (logged once and recorded); ``fast="on"`` raises instead of falling back (on CPU it runs the batched
+  step with plain-PyTorch ops, no graph, which the CPU tests use); ``fast="off"`` forces the eager loop.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from collections.abc import Callable
 
 import torch
 
-from mmmamba_bench.model.cache import InferenceCache
+from mmmamba_bench.steps import (  # re-exported: the eager loop's building blocks
+    WatchLogits,
+    prefill,
+    select_next,
+)
+
+log = logging.getLogger(__name__)
+FAST_MODES = ("auto", "on", "off")
+_announced: set[str] = set()
 
 
-class WatchLogits:
-    """``with WatchLogits() as watch:`` records whether any logits :func:`select_next` chose tokens from held NaN or
-    +-inf (every path of :func:`generate` selects through it). The record is a flag on the logits' device, updated
-    without a host sync per step; :meth:`found` reads it once, after the block."""
+def choose_path(model, fast: str = "auto") -> tuple[bool, str]:
+    """(use the batched fast path, why) for ``model`` under ``fast`` ("auto" / "on" / "off"); "on" raises when the
+    fast path cannot run on this model's CUDA device."""
+    from mmmamba_bench.fast.batched import fast_usable
 
-    _active: list["WatchLogits"] = []
-
-    def __init__(self) -> None:
-        self._bad: torch.Tensor | None = None
-
-    def __enter__(self) -> "WatchLogits":
-        WatchLogits._active.append(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        WatchLogits._active.remove(self)
-
-    def observe(self, logits: torch.Tensor) -> None:
-        bad = ~torch.isfinite(logits).all()
-        self._bad = bad if self._bad is None else self._bad | bad
-
-    def found(self) -> bool:
-        """True when some observed logits were not finite (one host sync)."""
-        return self._bad is not None and bool(self._bad)
-
-
-def select_next(logits: torch.Tensor, do_sample: bool, temperature: float = 1.0, top_k: int = 0,
-                top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B]."""
-    for watch in WatchLogits._active:
-        watch.observe(logits)
-    if not do_sample:
-        return logits.argmax(dim=-1)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive when sampling, got {temperature}")
-    logits = logits.float() / temperature
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix whose mass reaches top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-
-
-@torch.no_grad()
-def prefill(model, cache: InferenceCache, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-            attention_mask: torch.Tensor | None = None, chunk_size: int | None = None) -> torch.Tensor:
-    """Run the prompt through the model into ``cache``; returns the last position's logits [B, V].
-
-    With ``chunk_size``, the prompt goes through in chunks (Mamba-2 layers carry conv and SSM state across
-    chunks, attention layers append to the static cache). Image tokens must all sit in the first chunk.
-    """
-    L = input_ids.shape[1]
-    if chunk_size is None or chunk_size >= L:
-        return model(input_ids, pixel_values=pixel_values, attention_mask=attention_mask, cache=cache,
-                     last_logits_only=True).logits[:, -1]
-    img_id = model.config.embedding_config.img_context_token_id
-    if pixel_values is not None and bool((input_ids[:, chunk_size:] == img_id).any()):
-        raise ValueError(f"chunked prefill: image tokens extend past the first chunk of {chunk_size} tokens")
-    logits = None
-    for s in range(0, L, chunk_size):
-        e = min(s + chunk_size, L)
-        am = attention_mask[:, s:e] if attention_mask is not None else None
-        if am is not None and s == 0 and not bool(am[:, -1].all()):
-            raise ValueError("chunked prefill with padding: the first chunk must end on real tokens")
-        logits = model(input_ids[:, s:e], pixel_values=pixel_values if s == 0 else None, attention_mask=am,
-                       cache=cache, last_logits_only=True).logits[:, -1]
-    assert logits is not None
-    return logits
+    if fast not in FAST_MODES:
+        raise ValueError(f"fast must be one of {FAST_MODES}, got {fast!r}")
+    if fast == "off":
+        return False, "fast=off requested"
+    if model.device.type != "cuda":
+        if fast == "on":
+            return True, "fast=on on CPU: batched step with plain-PyTorch ops, no CUDA graph"
+        return False, f"no CUDA device (model on {model.device})"
+    ok, _, why = fast_usable(model)
+    if not ok and fast == "on":
+        raise RuntimeError(f"fast=on requested but the batched CUDA-graph decode cannot run: {why}")
+    return ok, why
 
 
 @torch.no_grad()
@@ -90,12 +52,31 @@ def generate(model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None =
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_token_id: int | list[int] | None = None,
              pad_token_id: int | None = None, generator: torch.Generator | None = None,
              prefill_chunk_size: int | None = None,
-             stop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+             stop: Callable[[torch.Tensor], torch.Tensor] | None = None, fast: str = "auto",
+             stop_interval: int = 4) -> torch.Tensor:
     """Return ``[B, L + n]``: the prompt followed by up to ``max_new_tokens`` new tokens.
 
     Decoding stops early only when every sequence has produced an EOS id (or ``stop`` returns True for every
     row, given the tokens so far); finished rows are filled with ``pad_token_id`` (default: the first EOS id).
+
+    ``fast``: which path (module docstring). The fast path calls ``stop`` every ``stop_interval`` steps (and at
+    the last one) instead of every step, so a row that ``stop`` ends may carry a few more real tokens (not pad ids)
+    after the point where the eager loop ends it, and the output may be up to ``stop_interval - 1`` columns longer;
+    EOS handling and every token up to that point are the eager loop's.
     """
+    use_fast, why = choose_path(model, fast)
+    if use_fast:
+        from mmmamba_bench.fast.batched import fast_generator
+
+        return fast_generator(model).generate(
+            input_ids, pixel_values=pixel_values, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id, generator=generator, prefill_chunk_size=prefill_chunk_size, stop=stop,
+            stop_interval=stop_interval)
+    model.code_path.extra["generate"] = f"eager per-token loop ({why})"
+    if why not in _announced and model.device.type == "cuda":
+        _announced.add(why)
+        log.warning("generate: eager per-token loop on %s: %s", model.device, why)
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     B, L = input_ids.shape

@@ -20,13 +20,18 @@ from typing import Any
 
 import torch
 
+from mmmamba_bench.stopping import StopStrings, cut_at_stop
+
 log = logging.getLogger(__name__)
 
 MODEL_ID = "mmmamba"  # lmms-eval's name for this adapter (registered by the top-level mmmamba_bench_lmms_eval)
 # How answers are computed (recorded with the scores): generate_until decodes greedily (or samples) with
-# generation.generate, a prefill then one-token steps over a cache allocated up front, in eager PyTorch;
+# generation.generate, which runs one of two paths (model_arg fast_decode=auto|on|off; see generation.py): the eager
+# per-token loop, or the batched prefill + batched decode step captured in a CUDA graph per batch-size bucket.
 # loglikelihood scores a continuation with one full forward pass.
 DECODE_PATH = "mmmamba_bench.generation.generate: prefill + one-token steps over a fixed-shape cache (eager)"
+DECODE_PATH_FAST = ("mmmamba_bench.generation.generate -> fast.batched.FastGenerator: batched prefill + batched "
+                    "decode step captured in a CUDA graph per batch-size bucket")
 LOGLIKELIHOOD_PATH = "one full forward pass over prompt + continuation"
 
 
@@ -67,15 +72,6 @@ def parse_gen_kwargs(gen_kwargs: dict[str, Any], default_max_new_tokens: int) ->
                        float(top_p) if (do_sample and top_p is not None) else 1.0, tuple(until or ()))
 
 
-def cut_at_stop(text: str, until: tuple[str, ...]) -> str:
-    """Truncate ``text`` at the first occurrence of any stop string."""
-    cut = len(text)
-    for s in until:
-        if s:
-            i = text.find(s)
-            if i != -1:
-                cut = min(cut, i)
-    return text[:cut]
 
 
 def position_limit(config) -> int | None:
@@ -103,7 +99,8 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
 
     def __init__(self, pretrained: str, label: str | None = None, device: str | None = None,
                  dtype: str = "auto", batch_size: int | str = 1, max_tiles: int | str = 6,
-                 ssd_backend: str = "auto", max_new_tokens: int | str = 64, **kwargs: Any) -> None:
+                 ssd_backend: str = "auto", max_new_tokens: int | str = 64, fast_decode: str = "auto",
+                 **kwargs: Any) -> None:
         super().__init__()
         from mmmamba_bench.cards import resolve_model
         from mmmamba_bench.checkpoint import load_model
@@ -120,6 +117,12 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         self.batch_size_per_gpu = int(batch_size)
         self.default_max_new_tokens = int(max_new_tokens)
         self._device = torch.device(device)
+        from mmmamba_bench.generation import choose_path
+
+        self.fast_decode = str(fast_decode)
+        self._fast, self._fast_why = choose_path(self.model, self.fast_decode)  # raises for "on" when it cannot run
+        if not self._fast and self._device.type == "cuda":
+            log.warning("mmmamba adapter: eager per-token decoding on %s: %s", device, self._fast_why)
         log.info("mmmamba adapter: %s (%s, %s layers) on %s %s, code path %s", self.label, self.model.config.kind,
                  self.model.config.num_layers, device, torch_dtype, self.model.code_path.as_dict())
 
@@ -129,8 +132,18 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         from mmmamba_bench.provenance import device_name
 
         path = self.model.code_path.as_dict()
-        return {**path, "decode": DECODE_PATH, "loglikelihood": LOGLIKELIHOOD_PATH,
-                "cuda_graph": "no" if path.get("graph", "none") == "none" else "yes",
+        if self._fast:
+            from mmmamba_bench.fast.batched import BUCKETS, fast_generator
+
+            gen = fast_generator(self.model)
+            path.update(gen.path())
+            decode = f"{DECODE_PATH_FAST} ({gen.impl} ops; buckets {','.join(map(str, BUCKETS))})"
+            cuda_graph = "yes (per batch-size bucket)" if gen.graphs else "no"
+        else:
+            decode = f"{DECODE_PATH} ({self._fast_why})"
+            cuda_graph = "no" if path.get("graph", "none") == "none" else "yes"
+        return {**path, "decode": decode, "fast_decode": self.fast_decode, "loglikelihood": LOGLIKELIHOOD_PATH,
+                "cuda_graph": cuda_graph,
                 "dtype": str(self.model.dtype).replace("torch.", ""), "device": str(self._device),
                 "device_name": device_name(self._device)}
 
@@ -244,15 +257,12 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
     def _generate_batch(self, encs, s: GenSettings) -> list[str]:
         batch = self.processor.collate(encs).to(self._device)
         L = batch.input_ids.shape[1]
-        def hit_stop_string(new_tokens: torch.Tensor) -> torch.Tensor:
-            texts = [self.processor.decode(row) for row in new_tokens]
-            return torch.tensor([any(u in t for u in s.until if u) for t in texts], device=new_tokens.device)
-
-        stop = hit_stop_string if s.until else None
+        stop = StopStrings(self.processor.decode, s.until) if any(s.until) else None
         out = self.model.generate(input_ids=batch.input_ids, pixel_values=batch.pixel_values,
                                   attention_mask=batch.attention_mask, max_new_tokens=s.max_new_tokens,
                                   do_sample=s.do_sample, temperature=s.temperature, top_p=s.top_p,
-                                  eos_token_id=self.processor.tokenizer.eos_token_id, stop=stop)
+                                  eos_token_id=self.processor.tokenizer.eos_token_id, stop=stop,
+                                  fast="on" if self._fast else "off")
         return [cut_at_stop(self.processor.decode(row[L:]), s.until) for row in out]
 
     @torch.no_grad()

@@ -56,6 +56,17 @@ class InferenceCache:
                 total += t.numel() * t.element_size()
         return total
 
+    def rows(self, n: int) -> "InferenceCache":
+        """A cache over the first ``n`` rows of this one, sharing its memory (views; length and padding flag are
+        the view's own). The batched decode keeps one cache per capacity and prefills / decodes row prefixes."""
+        if not 1 <= n <= self.batch_size:
+            raise ValueError(f"rows({n}) of a cache of batch {self.batch_size}")
+        layers = [type(c)(*(t[:n] for t in vars(c).values())) for c in self.layers]
+        view = InferenceCache.__new__(InferenceCache)
+        view.layers, view.batch_size, view.max_len = layers, n, self.max_len
+        view.length, view.key_mask, view.has_padding = 0, self.key_mask[:n], False
+        return view
+
     def reset(self) -> None:
         """Forget everything (same shapes): zero the states and the filled length."""
         self.length = 0

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmmamba_bench.config import StackConfig
+from mmmamba_bench.model import fused
 
 
 class RMSNorm(nn.Module):
@@ -18,6 +19,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.applies(x):
+            return fused.rms_norm(x, self.weight, self.eps)
         return self.weight * rms_normalize(x, self.eps)
 
 
@@ -38,6 +41,8 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fused.applies(x):
+            return self.w2(fused.swiglu(self.w1(x), self.w3(x)))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 

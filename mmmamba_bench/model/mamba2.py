@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmmamba_bench.config import StackConfig
+from mmmamba_bench.model import fused
 from mmmamba_bench.model.cache import Mamba2Cache
 from mmmamba_bench.model.context import ForwardContext
 from mmmamba_bench.model.layers import rms_normalize
@@ -60,13 +61,20 @@ class Mamba2Mixer(nn.Module):
         B, L, _ = x.shape
         proj = self.wvkqgdt(x)
         xbc, g, dt = proj.split([self.conv_dim, self.nh * self.hd, self.nh], dim=-1)
-        if ctx.token_mask is not None:  # left padding must not reach the state or the next token's conv tap
-            xbc = xbc * ctx.token_mask[..., None].to(xbc.dtype)
         prev = cache.conv if (cache is not None and ctx.start > 0) else None
-        conv = causal_conv_width2(xbc, self.conv1d.weight, self.conv1d.bias, prev)
+        if fused.applies(x) and L > 1:  # one kernel: mask, conv, SiLU (module docstring of model.fused)
+            act = fused.conv_silu(proj, self.conv_dim, ctx.token_mask, prev, self.conv1d.weight, self.conv1d.bias)
+            last = xbc[:, -1]
+            if ctx.token_mask is not None:
+                last = last * ctx.token_mask[:, -1, None].to(xbc.dtype)
+        else:
+            if ctx.token_mask is not None:  # left padding must not reach the state or the next token's conv tap
+                xbc = xbc * ctx.token_mask[..., None].to(xbc.dtype)
+            act = F.silu(causal_conv_width2(xbc, self.conv1d.weight, self.conv1d.bias, prev))
+            last = xbc[:, -1]
         if cache is not None:
-            cache.conv.copy_(xbc[:, -1])  # after the conv has read ``prev``
-        xbc = F.silu(conv)
+            cache.conv.copy_(last)  # after the conv has read ``prev``
+        xbc = act
         kv = self.nkv * self.hd
         v, k, q = xbc.split([kv, kv, self.nh * self.hd], dim=-1)
         v = v.view(B, L, self.nkv, self.hd).repeat_interleave(self.n_rep, dim=2)  # [B, L, nh, hd]
@@ -84,6 +92,8 @@ class Mamba2Mixer(nn.Module):
             y, final = ctx.backend.scan(v, dt, A, k, q, initial_state=init)
             if cache is not None:
                 cache.ssm.copy_(final)
+        if fused.applies(y) and L > 1:
+            return self.o_proj(fused.gated_norm(y, g, self.g_norm_swish_gate.weight, GATE_NORM_EPS))
         y = rms_normalize(y, GATE_NORM_EPS) * self.g_norm_swish_gate.weight  # per head over hd
         y = y * F.silu(g.view(B, L, self.nh, self.hd))
         return self.o_proj(y.reshape(B, L, self.nh * self.hd))
