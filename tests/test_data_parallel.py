@@ -19,8 +19,11 @@ pytest.importorskip("lmms_eval")
 
 from mmmamba_bench.eval.runner import RESULTS_KEY  # noqa: E402
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no"]
+LAUNCH_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
+                "--mixed_precision", "no", "--dynamo_backend", "no"]
+# `accelerate launch`, the console script a user types (its CLI imports every subcommand: it once failed to start in
+# the CPU lock through timm -> torchvision)
+ACCELERATE_SCRIPT = [str(Path(sys.executable).parent / "accelerate"), "launch"]
 
 PROBE = '''
 import json, sys
@@ -34,14 +37,15 @@ with open(f"{sys.argv[1]}/rank{lmm.rank}.json", "w") as f:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("use_cpu_env", [False, True], ids=["adapter-asks-for-cpu", "ACCELERATE_USE_CPU"])
-def test_the_adapter_reports_its_rank_and_world_size_under_accelerate(tmp_path, use_cpu_env):
-    """`accelerate launch --multi_gpu --num_processes 2` on CPU: rank 0 and 1 of 2, joined through gloo, whether the
-    adapter sets accelerate up (mmmamba-bench's own runs) or the launch says CPU (lmms-eval's command line)."""
+def test_the_adapter_reports_its_rank_and_world_size_under_accelerate_launch(tmp_path):
+    """`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2` (what lmms-eval's command line needs
+    on CPU): rank 0 and 1 of 2, joined through gloo. (mmmamba-bench's own launch, where the adapter asks for CPU
+    itself, is test_two_cpu_processes_give_exactly_the_results_of_one.) Also: `accelerate launch` starts in the
+    locked CPU environment."""
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    env = {**os.environ, **({"ACCELERATE_USE_CPU": "true"} if use_cpu_env else {})}
-    subprocess.run([*LAUNCH, str(script), str(tmp_path)], env=env, check=True, timeout=300)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    subprocess.run([*ACCELERATE_SCRIPT, *LAUNCH_FLAGS, str(script), str(tmp_path)], env=env, check=True, timeout=300)
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(s["rank"], s["world_size"]) for s in seen] == [(0, 2), (1, 2)]
     assert all(s["device"] == "cpu" and s["distributed_type"] == "DistributedType.MULTI_CPU"
@@ -85,8 +89,9 @@ def _scores_and_stderrs(results: dict) -> tuple[dict, dict]:
 @pytest.mark.slow
 def test_two_cpu_processes_give_exactly_the_results_of_one(tmp_path, mini_suite, monkeypatch, capsys):
     """The mini-suite with the embedded teacher, --limit 5 (rounded to whole clusters: 12 documents per task, 6 per
-    process), one process, then `mmmamba-bench eval --num-processes 2`: the same scores bit for bit and the same
-    per-sample records (document, target, prediction, per-sample metrics) in the same order.
+    process), one process, then `mmmamba-bench eval --num-processes 2` (the adapter forms the gloo group): the same
+    scores bit for bit and the same per-sample records (document, target, prediction, per-sample metrics) in the same
+    order.
 
     lmms-eval's standard errors sum over the per-sample values in the order it gathered them (rank 0's shard, then
     rank 1's), so they may differ from one process's in the last bit: compared to rounding."""

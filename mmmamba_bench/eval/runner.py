@@ -143,9 +143,9 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
 def launch_data_parallel(plan: EvalPlan, num_processes: int, workdir: Path) -> Path:
     """Run ``plan`` in ``num_processes`` processes started by ``accelerate launch`` and return rank 0's results file.
 
-    ``--multi_gpu`` is accelerate's launcher that starts several local processes (torchrun) on GPUs and on CPU alike;
-    on CPU, ``ACCELERATE_USE_CPU=true`` makes accelerate join them through gloo. ``--main_process_port 0``: a free
-    port, so that two runs on one machine do not collide. An error in any process ends the run with an error here;
+    ``--multi_gpu`` is accelerate's launcher that starts several local processes (torchrun) on GPUs and on CPU alike
+    (``--cpu`` would start one); on CPU the adapter asks accelerate for a gloo group (``Accelerator(cpu=True)``).
+    ``--main_process_port 0``: a free port, so that two runs on one machine do not collide. An error in any process ends the run with an error here;
     a results file that records another world size than asked is an error too (no silent single-process run).
     """
     import torch
@@ -169,10 +169,9 @@ def launch_data_parallel(plan: EvalPlan, num_processes: int, workdir: Path) -> P
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                str(num_processes), "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no",
                "--dynamo_backend", "no", "-m", "mmmamba_bench.eval.launched", str(plan_file)]
-    env = {**os.environ, **({"ACCELERATE_USE_CPU": "true"} if on_cpu else {})}
-    log.info("evaluating in %d processes on %s: %s%s", num_processes, "CPU (gloo)" if on_cpu else "GPUs",
-             "ACCELERATE_USE_CPU=true " if on_cpu else "", shlex.join(command))
-    returncode = subprocess.run(command, env=env).returncode
+    log.info("evaluating in %d processes on %s: %s", num_processes, "CPU (gloo)" if on_cpu else "GPUs",
+             shlex.join(command))
+    returncode = subprocess.run(command).returncode
     if returncode != 0:
         raise RuntimeError(f"data-parallel evaluation failed: `accelerate launch` exited with {returncode} (the "
                            f"processes' errors are above)")
