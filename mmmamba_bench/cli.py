@@ -73,6 +73,10 @@ def _add_eval(sub) -> None:
                    help="keep lmms-eval's per-sample records (document, target, prediction, per-sample metrics) as "
                         "<stamp>_samples_<task>.jsonl beside the results file; `regress` needs them (default: on)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="lmms-eval's random seeds")
+    p.add_argument("--num-processes", type=POSITIVE_INT, default=1,
+                   help="data parallel: evaluate in N processes started by `accelerate launch` (one GPU each; on "
+                        "--device cpu a gloo group); requests sharded, results gathered and written once by rank 0 "
+                        "(default: 1)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -81,8 +85,10 @@ def _cmd_eval(args) -> int:
 
     out = run_eval(args.model, args.tasks, args.output, label=args.label, device=args.device, dtype=args.dtype,
                    batch_size=args.batch_size, limit=args.limit, data_dir=args.data_dir,
-                   ssd_backend=args.ssd_backend, log_samples=args.log_samples, seed=args.seed)
-    print(f"wrote {out}")
+                   ssd_backend=args.ssd_backend, log_samples=args.log_samples, seed=args.seed,
+                   num_processes=args.num_processes)
+    if out is not None:  # None: a non-zero rank under `accelerate launch -m mmmamba_bench eval`; rank 0 wrote
+        print(f"wrote {out}")
     return 0
 
 

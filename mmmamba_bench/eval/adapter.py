@@ -10,11 +10,14 @@ and ``mmmamba-bench eval`` find it. ``pretrained`` may also name a model card in
 - ``loglikelihood``: the negative log-likelihood of the continuation after the prompt, returned as
   ``GenerationResult(text=(nll, is_greedy))``: lmms-eval 0.7.3 stringifies plain tuples, and its
   multiple-choice scoring takes the argmin, i.e. expects an NLL.
+- data parallelism: under ``accelerate launch --multi_gpu --num_processes N`` (or torchrun) each process reports
+  its rank and the world size, lmms-eval shards the requests and gathers the results on rank 0.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +112,7 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         if kwargs:
             log.warning("mmmamba adapter: ignoring unknown model_args %s", sorted(kwargs))
         path = resolve_model(pretrained)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = self._join_processes(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch_dtype = _parse_dtype(dtype, device)
         self.model = load_model(path, device=device, dtype=torch_dtype, ssd_backend=ssd_backend)
         self.processor = Processor.from_pretrained(path, config=self.model.config, max_tiles=int(max_tiles))
@@ -125,6 +128,54 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
             log.warning("mmmamba adapter: eager per-token decoding on %s: %s", device, self._fast_why)
         log.info("mmmamba adapter: %s (%s, %s layers) on %s %s, code path %s", self.label, self.model.config.kind,
                  self.model.config.num_layers, device, torch_dtype, self.model.code_path.as_dict())
+
+    def _join_processes(self, device: str) -> str:
+        """Take this process's rank and world size when a launcher started several (data parallelism), as lmms-eval's
+        own models do; returns the device this process evaluates on.
+
+        ``accelerate launch --multi_gpu --num_processes N`` (or ``torchrun``) starts N copies of the program with
+        ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` set; lmms-eval reads ``WORLD_SIZE`` to shard the requests and
+        gathers the results on rank 0 through ``self.accelerator``. Each process loads the whole model on its own
+        device (``cuda`` becomes ``cuda:<local rank>``; on ``cpu`` the processes form a gloo group): nothing is
+        wrapped for training. A lone process (no ``WORLD_SIZE`` or 1) is rank 0 of 1 and touches no accelerate state.
+        """
+        launched = launched_world_size()
+        if launched == 1:
+            return device
+        from accelerate import Accelerator, DistributedType
+
+        on_cpu = torch.device(device).type == "cpu"
+        accelerator = Accelerator(cpu=on_cpu)  # cpu=True: accelerate joins the processes through gloo
+        expected = DistributedType.MULTI_CPU if on_cpu else DistributedType.MULTI_GPU
+        if accelerator.num_processes != launched or accelerator.distributed_type != expected:
+            hint = (f"on CPU, set ACCELERATE_USE_CPU=true for the launch (`ACCELERATE_USE_CPU=true accelerate launch "
+                    f"--multi_gpu --num_processes {launched} ...`): lmms-eval's command line sets accelerate up "
+                    f"before the model, for GPUs unless told otherwise" if on_cpu else
+                    f"launch with `accelerate launch --multi_gpu --num_processes {launched} ...` or torchrun")
+            raise RuntimeError(
+                f"mmmamba adapter: started as one of WORLD_SIZE={launched} processes on {device}, but accelerate set "
+                f"up {accelerator.distributed_type} with {accelerator.num_processes} process(es) (expected "
+                f"{expected}); {hint}")
+        if not on_cpu:
+            if torch.device(device).index is not None:
+                raise ValueError(f"device={device} with {launched} processes would put every process on one GPU; "
+                                 f"pass device=cuda (each process takes the GPU of its local rank)")
+            if accelerator.local_process_index >= torch.cuda.device_count():
+                raise RuntimeError(f"mmmamba adapter: local rank {accelerator.local_process_index} has no GPU "
+                                   f"({torch.cuda.device_count()} visible)")
+            device = f"cuda:{accelerator.local_process_index}"
+        self.accelerator = accelerator
+        self._rank = accelerator.process_index
+        self._world_size = accelerator.num_processes
+        if self._rank == 0:
+            log.info("mmmamba adapter: data parallel over %d processes (%s)", self._world_size,
+                     accelerator.distributed_type)
+        return device
+
+    @property
+    def device(self) -> torch.device:
+        """This process's device (lmms-eval puts the tensors of its cross-process gathers on it)."""
+        return self._device
 
     def code_path(self) -> dict[str, str]:
         """What computes this evaluation's answers: the model's kernels (SSD scan / state update, attention, conv),
@@ -310,6 +361,14 @@ def _name_docs(where) -> str:
         by_task.setdefault(task, []).append(doc_id)
     return ", ".join(f"task {t!r} doc {ids[0]}" if len(ids) == 1 else f"task {t!r} docs {sorted(ids)}"
                      for t, ids in by_task.items())
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``, which lmms-eval's evaluator also reads); 1 alone."""
+    text = os.environ.get("WORLD_SIZE", "1").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"WORLD_SIZE={text!r} is not a positive integer")
+    return int(text)
 
 
 def _parse_dtype(dtype: str, device: str) -> torch.dtype:
