@@ -105,7 +105,6 @@ def _results_file(folder: Path) -> Path:
 def plan(out: Path, data_dir: Path, teacher: str = "embedded", budget: Budget = FULL) -> list[Step]:
     """The chain's steps, in order, as library calls with ``budget``'s sizes (nothing runs here)."""
     from mmmamba_bench.data.minisuite import generate
-    from mmmamba_bench.eval.runner import run_eval
     from mmmamba_bench.report import build_report
     from mmmamba_bench.seeding import convert
     from mmmamba_bench.train.data import EncodedCache
@@ -130,15 +129,31 @@ def plan(out: Path, data_dir: Path, teacher: str = "embedded", budget: Budget = 
                                                        m[layout], data_dir=data_dir, encoded=encoded,
                                                        max_steps=budget.distill_max_steps),
                           m[layout], group="distill"))
+    # The teacher and the seeded student are scored beside the distillations (a worker freed by the shorter one takes
+    # them: the pool runs steps in this order); the distilled students after them.
     for name in MODELS:
-        steps.append(Step(f"eval-{name}", partial(run_eval, m[name], "mini", results, label=name, device="cpu",
-                                                  dtype="float32", batch_size=32, limit=budget.eval_limit,
-                                                  mini_data_dir=data_dir), _results_file(results / name)))
+        steps.append(Step(f"eval-{name}", partial(_evaluate, m[name], name, results, budget, data_dir),
+                          _results_file(results / name), group="distill" if name in ("teacher", "seeded-linear")
+                          else None))
+    steps.sort(key=lambda s: s.name in ("eval-linear", "eval-hybrid"))  # stable: only those two move after
     steps.append(Step("profile", partial(_profile, [m[n] for n in ("teacher", "linear", "hybrid")], profile, budget),
                       profile))
     steps.append(Step("report", partial(build_report, [results], [profile], [], out / "report", title=TITLE),
                       out / "report" / "report.md"))
     return steps
+
+
+def _evaluate(model: Path, name: str, results: Path, budget: Budget, data_dir: Path, *, max_threads: int | None = None,
+              progress: bool = True) -> Path:
+    """``run_eval`` of one demo model on the mini-suite (``max_threads``: torch's threads, in a worker)."""
+    import torch
+
+    from mmmamba_bench.eval.runner import run_eval
+
+    if max_threads is not None:
+        torch.set_num_threads(max_threads)
+    return run_eval(model, "mini", results, label=name, device="cpu", dtype="float32", batch_size=32,
+                    limit=budget.eval_limit, mini_data_dir=data_dir)
 
 
 def _profile(models: list[Path], out: Path, budget: Budget) -> None:
@@ -223,12 +238,13 @@ def run_side_by_side(steps: list[Step], cores: int) -> dict[str, float]:
     raised it (the others' outputs are kept, so a rerun resumes after them)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, cores // len(steps))
+    workers = max(1, min(len(steps), cores))  # steps beyond the cores wait for a free worker, in order
+    threads = max(1, cores // workers)
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     failures: list[tuple[Step, BaseException]] = []
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state (threads, locks) copied by fork
-    with ProcessPoolExecutor(len(steps), mp_context=ctx, initializer=_init_worker,
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(logging.getLogger().getEffectiveLevel(),)) as pool:
         futures = {pool.submit(partial(step.run, max_threads=threads, progress=False)): step for step in steps}
         for future in as_completed(futures):
@@ -255,8 +271,9 @@ def run_demo(out: Path | None = None, data_dir: Path | None = None, fresh: bool 
     """Run (or resume) the chain into ``out`` (default :func:`default_out`); returns the report's path.
 
     ``out/demo_settings.json`` records the teacher mode and the budget; resuming a folder made with other settings
-    is refused. ``out/timings.json`` records each step's seconds. Steps of one group (the two distillations) run
-    side by side when there are at least as many cores as steps (:func:`run_side_by_side`).
+    is refused. ``out/timings.json`` records each step's seconds. Steps of one group (the two distillations, then the
+    teacher's and the seeded student's evaluations) run side by side in as many worker processes as there are cores,
+    at most one per step (:func:`run_side_by_side`).
     """
     out = Path(out) if out is not None else default_out(budget)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir(out, budget)
@@ -286,9 +303,10 @@ def run_demo(out: Path | None = None, data_dir: Path | None = None, fresh: bool 
             if step.output.exists():
                 _say(f"{step.name}: done already ({step.output})")
         pending = [step for step in batch if not step.output.exists()]
-        if len(pending) > 1 and cores >= len(pending):
-            _say(f"{', '.join(s.name for s in pending)}: side by side, {max(1, cores // len(pending))} thread(s) "
-                 f"each ...")
+        if len(pending) > 1 and cores >= 2:
+            workers = min(len(pending), cores)
+            _say(f"{', '.join(s.name for s in pending)}: side by side in {workers} workers, "
+                 f"{max(1, cores // workers)} thread(s) each ...")
             t0 = time.perf_counter()
             try:
                 timings.update(run_side_by_side(pending, cores))
