@@ -103,3 +103,26 @@ def test_no_git_installed_is_no_error(tmp_path, monkeypatch):
 def test_package_versions_say_none_for_what_is_missing():
     versions = provenance.package_versions(("numpy", "mmb-surely-not-installed"))
     assert versions["numpy"] and versions["mmb-surely-not-installed"] is None and versions["python"]
+
+
+def test_submission_files_go_under_the_runs_folder_not_the_current_directory(tmp_path, mini_suite, monkeypatch):
+    """lmms-eval's aggregations (MMBench sheets, TextVQA JSON) write through generate_submission_file(name, args):
+    the runner's cli_args put them in <output>/<label>/submissions/, never in the current directory."""
+    import lmms_eval.evaluator
+    from lmms_eval.tasks._task_utils.file_utils import generate_submission_file
+
+    written = []
+
+    def fake_simple_evaluate(*, cli_args, **kwargs):  # what an aggregation does with the args it is handed
+        path = Path(generate_submission_file("mmbench_en_dev_results.xlsx", cli_args))
+        path.write_text("sheet")
+        written.append(path)
+        return {"results": {}, "samples": {}}
+
+    monkeypatch.setattr(lmms_eval.evaluator, "simple_evaluate", fake_simple_evaluate)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run_eval("demo-teacher", "mini_sqa", tmp_path / "out", label="m", device="cpu", mini_data_dir=mini_suite[0])
+    assert written == [tmp_path / "out" / "m" / "submissions" / "mmbench_en_dev_results.xlsx"]
+    assert not any(cwd.iterdir())
