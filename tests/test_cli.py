@@ -17,7 +17,7 @@ def test_demo_flags_parse():
 def test_eval_of_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--tasks", "mini", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "neither a checkpoint directory nor a model card" in err
+    assert "not a checkpoint directory, nor a model card name" in err
     assert not any(Path(tmp_path).iterdir())  # nothing written
 
 
