@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmamba_bench.fast.batch_torch_ops import TorchBatchOps
+from mmmamba_bench.fast.layer_weights import LayerWeights, layer_weights
 from mmmamba_bench.model import fused
 from mmmamba_bench.model.cache import AttentionCache, InferenceCache, Mamba2Cache
 from mmmamba_bench.model.layers import Rotary
@@ -102,26 +103,8 @@ def rope_rows(rot: Rotary, pos: torch.Tensor, seq_len: torch.Tensor, dtype: torc
 
 
 @dataclass
-class _Layer:
-    kind: str
-    stack: int
-    eps: float
-    norm1: torch.Tensor
-    norm2: torch.Tensor
-    w1: torch.Tensor
-    w3: torch.Tensor
-    w2: torch.Tensor
-    w_o: torch.Tensor
-    cache: AttentionCache | Mamba2Cache
-    # Mamba-2
-    w_in: torch.Tensor | None = None
-    conv_w: torch.Tensor | None = None
-    conv_b: torch.Tensor | None = None
-    dt_bias: torch.Tensor | None = None
-    a_log: torch.Tensor | None = None
-    gate_w: torch.Tensor | None = None
-    # attention
-    w_qkv: torch.Tensor | None = None
+class _Layer(LayerWeights):
+    cache: AttentionCache | Mamba2Cache | None = None  # the layer's slice of the shared fixed-shape cache
 
 
 class BatchedDecoder:
@@ -164,16 +147,7 @@ class BatchedDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _layer(self, i: int, layer, c) -> _Layer:
-        stack = 0 if i < self.n_emb else 1
-        scfg = self.model.config.embedding_config if stack == 0 else self.model.config.llm_config
-        ff, mix = layer.feed_forward, layer.attention
-        common = {"kind": layer.kind, "stack": stack, "eps": scfg.rms_norm_eps, "norm1": layer.attention_norm.weight,
-                      "norm2": layer.ffn_norm.weight, "w1": ff.w1.weight, "w3": ff.w3.weight, "w2": ff.w2.weight, "cache": c}
-        if layer.kind == "mamba2":
-            return _Layer(**common, w_o=mix.o_proj.weight, w_in=mix.wvkqgdt.weight,
-                          conv_w=mix.conv1d.weight.view(mix.conv_dim, 2), conv_b=mix.conv1d.bias,
-                          dt_bias=mix.dt_bias, a_log=mix.A_log_bias, gate_w=mix.g_norm_swish_gate.weight)
-        return _Layer(**common, w_o=mix.wo.weight, w_qkv=mix.wqkv.weight)
+        return _Layer(**layer_weights(self.model, i), cache=c)
 
     @torch.no_grad()
     def _body(self) -> None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mmmamba_bench.fast import torch_ops
+from mmmamba_bench.fast.layer_weights import LayerWeights, layer_weights
 from mmmamba_bench.model.cache import AttentionCache, InferenceCache, Mamba2Cache
 from mmmamba_bench.model.layers import Rotary
 from mmmamba_bench.model.mamba2 import GATE_NORM_EPS
@@ -85,27 +86,10 @@ def rope_tables(rot: Rotary, max_len: int, device: torch.device, dtype: torch.dt
 
 
 @dataclass
-class _Layer:
-    kind: str
-    stack: int
-    eps: float
-    norm1: torch.Tensor
-    norm2: torch.Tensor
-    w1: torch.Tensor
-    w3: torch.Tensor
-    w2: torch.Tensor
-    w_o: torch.Tensor
-    # Mamba-2
-    w_in: torch.Tensor | None = None
-    conv_w: torch.Tensor | None = None
-    conv_b: torch.Tensor | None = None
-    dt_bias: torch.Tensor | None = None
-    a_log: torch.Tensor | None = None
-    gate_w: torch.Tensor | None = None
+class _Layer(LayerWeights):
+    # batch row 0 of the layer's cache: Mamba-2 conv / SSM state, or attention K / V
     conv_state: torch.Tensor | None = None
     ssm_state: torch.Tensor | None = None
-    # attention
-    w_qkv: torch.Tensor | None = None
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
 
@@ -185,21 +169,11 @@ class FastDecoder:
         self.steps_run = 0
 
     def _layer(self, i: int, layer, c) -> _Layer:
-        stack = 0 if i < self.model.num_embedding_layers else 1
-        scfg = self.model.config.embedding_config if stack == 0 else self.model.config.llm_config
-        ff = layer.feed_forward
-        common = dict(kind=layer.kind, stack=stack, eps=scfg.rms_norm_eps, norm1=layer.attention_norm.weight,
-                      norm2=layer.ffn_norm.weight, w1=ff.w1.weight, w3=ff.w3.weight, w2=ff.w2.weight)
-        mix = layer.attention
         if layer.kind == "mamba2":
             assert isinstance(c, Mamba2Cache)
-            C = mix.conv_dim
-            return _Layer(**common, w_o=mix.o_proj.weight, w_in=mix.wvkqgdt.weight,
-                          conv_w=mix.conv1d.weight.view(C, 2), conv_b=mix.conv1d.bias, dt_bias=mix.dt_bias,
-                          a_log=mix.A_log_bias, gate_w=mix.g_norm_swish_gate.weight, conv_state=c.conv[0],
-                          ssm_state=c.ssm[0])
+            return _Layer(**layer_weights(self.model, i), conv_state=c.conv[0], ssm_state=c.ssm[0])
         assert isinstance(c, AttentionCache)
-        return _Layer(**common, w_o=mix.wo.weight, w_qkv=mix.wqkv.weight, k=c.k[0], v=c.v[0])
+        return _Layer(**layer_weights(self.model, i), k=c.k[0], v=c.v[0])
 
     # ---- the step ------------------------------------------------------------------------------------------
     @torch.no_grad()
