@@ -43,6 +43,18 @@ def two_sided_p(diffs: np.ndarray) -> float:
     return 2 * min(float(np.mean(diffs <= TIE)), float(np.mean(diffs >= -TIE)))
 
 
+def _summary(diffs: np.ndarray, base_value: float, cand_value: float, clusters: int,
+             confidence: float) -> BootstrapResult:
+    """The bootstrap differences ``diffs`` [resamples] -> percentile interval, p-value (at least 1 / resamples), SE."""
+    alpha = 1.0 - confidence
+    low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return BootstrapResult(baseline=base_value, candidate=cand_value, difference=cand_value - base_value,
+                           ci_low=float(low), ci_high=float(high),
+                           p_value=min(1.0, max(two_sided_p(diffs), 1.0 / len(diffs))),
+                           standard_error=float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+                           resamples=len(diffs), clusters=clusters)
+
+
 def clusters_of(keys: Sequence[Hashable]) -> list[list[int]]:
     """Document indices grouped by cluster key, in first-seen order."""
     groups: dict[Hashable, list[int]] = {}
@@ -94,13 +106,7 @@ def paired_bootstrap(baseline: Sequence[object], candidate: Sequence[object], cl
             continue
         diffs[done] = d
         done += 1
-    alpha = 1.0 - confidence
-    low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
-    p = two_sided_p(diffs)
-    return BootstrapResult(baseline=base_value, candidate=cand_value, difference=cand_value - base_value,
-                           ci_low=float(low), ci_high=float(high), p_value=min(1.0, max(p, 1.0 / resamples)),
-                           standard_error=float(np.std(diffs, ddof=1)) if resamples > 1 else 0.0,
-                           resamples=resamples, clusters=len(groups))
+    return _summary(diffs, base_value, cand_value, len(groups), confidence)
 
 
 def paired_bootstrap_mean(baseline: Sequence[float], candidate: Sequence[float], cluster_keys: Sequence[Hashable],
@@ -125,14 +131,7 @@ def paired_bootstrap_mean(baseline: Sequence[float], candidate: Sequence[float],
         picks = np.stack([rng.integers(0, len(groups), size=len(groups))
                           for _ in range(min(1000, resamples - start))])  # [r, G]
         diffs[start:start + len(picks)] = delta[picks].sum(1) / size[picks].sum(1)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
-    p = two_sided_p(diffs)
-    base_value, cand_value = float(b.mean()), float(c.mean())
-    return BootstrapResult(baseline=base_value, candidate=cand_value, difference=cand_value - base_value,
-                           ci_low=float(low), ci_high=float(high), p_value=min(1.0, max(p, 1.0 / resamples)),
-                           standard_error=float(np.std(diffs, ddof=1)) if resamples > 1 else 0.0,
-                           resamples=resamples, clusters=len(groups))
+    return _summary(diffs, float(b.mean()), float(c.mean()), len(groups), confidence)
 
 
 def mcnemar_exact(baseline: Sequence[int | bool], candidate: Sequence[int | bool]) -> tuple[int, int, float]:
