@@ -75,8 +75,6 @@ def parse_gen_kwargs(gen_kwargs: dict[str, Any], default_max_new_tokens: int) ->
                        float(top_p) if (do_sample and top_p is not None) else 1.0, tuple(until or ()))
 
 
-
-
 def position_limit(config) -> int | None:
     """The longest sequence the model's positions cover, or None when nothing bounds it.
 

@@ -43,6 +43,16 @@ def two_sided_p(diffs: np.ndarray) -> float:
     return 2 * min(float(np.mean(diffs <= TIE)), float(np.mean(diffs >= -TIE)))
 
 
+def _check_paired(name: str, baseline: Sequence[object], candidate: Sequence[object],
+                  cluster_keys: Sequence[Hashable], resamples: int) -> None:
+    n = len(baseline)
+    if n == 0 or len(candidate) != n or len(cluster_keys) != n:
+        raise ValueError(f"{name}: need equally many records (baseline {n}, candidate {len(candidate)}, "
+                         f"clusters {len(cluster_keys)}), at least one")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+
+
 def _summary(diffs: np.ndarray, base_value: float, cand_value: float, clusters: int,
              confidence: float) -> BootstrapResult:
     """The bootstrap differences ``diffs`` [resamples] -> percentile interval, p-value (at least 1 / resamples), SE."""
@@ -73,12 +83,7 @@ def paired_bootstrap(baseline: Sequence[object], candidate: Sequence[object], cl
     records by an id (MME's image pairs): a cluster drawn twice must count as two clusters, not one of four records.
     A resample whose metric cannot be computed (e.g. a POPE split drawn empty) is drawn again.
     """
-    n = len(baseline)
-    if n == 0 or len(candidate) != n or len(cluster_keys) != n:
-        raise ValueError(f"paired_bootstrap: need equally many records (baseline {n}, candidate {len(candidate)}, "
-                         f"clusters {len(cluster_keys)}), at least one")
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    _check_paired("paired_bootstrap", baseline, candidate, cluster_keys, resamples)
     groups = clusters_of(cluster_keys)
     rng = np.random.default_rng(seed)
     base_value, cand_value = metric(list(baseline)), metric(list(candidate))
@@ -114,12 +119,7 @@ def paired_bootstrap_mean(baseline: Sequence[float], candidate: Sequence[float],
     """:func:`paired_bootstrap` for a metric that is the plain mean of per-document numbers, vectorised: a resample's
     mean is (sum of its clusters' sums) / (sum of its clusters' sizes). Same draws as :func:`paired_bootstrap`
     with the same seed, so both give the same interval for a mean."""
-    n = len(baseline)
-    if n == 0 or len(candidate) != n or len(cluster_keys) != n:
-        raise ValueError(f"paired_bootstrap_mean: need equally many values (baseline {n}, candidate {len(candidate)},"
-                         f" clusters {len(cluster_keys)}), at least one")
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    _check_paired("paired_bootstrap_mean", baseline, candidate, cluster_keys, resamples)
     groups = clusters_of(cluster_keys)
     b = np.asarray(baseline, dtype=np.float64)
     c = np.asarray(candidate, dtype=np.float64)
