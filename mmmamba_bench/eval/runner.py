@@ -111,7 +111,6 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
     from mmmamba_bench.cards import resolve_model
     from mmmamba_bench.data import minisuite
     from mmmamba_bench.eval.tasks import MINI_TASKS, check_tasks, cluster_limit, include_paths, resolve_tasks
-
     from mmmamba_bench.outputs import check_output_dir
 
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
