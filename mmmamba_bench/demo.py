@@ -3,8 +3,9 @@
 It chains the library calls a researcher makes on real checkpoints, only on a tiny HoVLE-architecture teacher
 trained on the offline mini-suite:
 
-    preflight -> data -> [train-teacher] -> convert (seeded, undistilled) -> distill linear -> distill hybrid
-              -> eval (x4, lmms-eval) -> profile -> report
+    preflight -> data -> [train-teacher] -> convert (seeded, undistilled)
+              -> distill linear | distill hybrid | eval teacher, seeded (side by side, lmms-eval)
+              -> eval linear, hybrid -> profile -> report
 
 The teacher is by default the embedded one (``models/demo-teacher/``, card ``models/demo-teacher.yaml``): trained by
 ``mmmamba-bench train-teacher --recipe distill/teacher-demo.yaml`` (11,000 steps: minutes on a GPU, about an hour
