@@ -67,13 +67,16 @@ MIXER = ("conv1d.weight", "conv1d.bias", "dt_bias", "A_log_bias", "g_norm_swish_
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_each_stage_trains_exactly_the_papers_parameters(stage, tmp_path):
     teacher, student, batch = teacher_student("hybrid")
+    before_names = [n for n, _ in student.named_parameters()]
     trainable = stage_trainable(student, stage)
     mamba = [i for i, t in enumerate(KIND_LAYOUTS["hybrid"]) if t == "mamba2"]
     prefixes = [("embedding_model.encoder.1" if i == 1 else f"language_model.model.layers.{i - 2}") + ".attention"
                 for i in mamba]
     assert set(trainable.params) == {f"{p}.{n}" for p in prefixes for n in MIXER + ("wvkqgdt.weight",)}
-    assert {n for n, p in student.named_parameters() if p.requires_grad} == set(trainable.params)
+    by_id = {id(p): n for n, p in trainable.params.items()}
+    assert sorted(by_id[id(p)] for p in student.parameters() if p.requires_grad) == sorted(trainable.params)
     trainable.close()
+    assert {n for n, p in student.named_parameters()} == set(before_names)  # masks removed: released names again
 
     before = {n: t.clone() for n, t in student.state_dict().items()}
     run_steps(stage, teacher, student, batch, tmp_path)

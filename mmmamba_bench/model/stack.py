@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from mmmamba_bench.config import ChatConfig, LLMConfig, StackConfig
@@ -96,6 +97,7 @@ class MMMambaChatModel(nn.Module):
         self._rotary = (Rotary(config.embedding_config, scaling), Rotary(config.llm_config, scaling))
         self._backend: SSDBackend | None = None
         self._backend_name = ssd_backend
+        self.gradient_checkpointing = False  # training: recompute each decoder layer in the backward pass
         labels = [r.label for r in self._rotary]
         self.code_path = CodePath(rope=labels[0] if labels[0] == labels[1] else
                                   f"embedding {labels[0]}; llm {labels[1]}")
@@ -203,7 +205,11 @@ class MMMambaChatModel(nn.Module):
             for i, layer in enumerate(layers):
                 if hidden is not None:
                     hidden.append(x)
-                x = layer(x, ctx, layer_caches[offset + i])
+                if self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled():
+                    # activation checkpointing: keep the layer's input, recompute its inside in the backward pass
+                    x = torch.utils.checkpoint.checkpoint(layer, x, ctx, None, use_reentrant=False)
+                else:
+                    x = layer(x, ctx, layer_caches[offset + i])
         if hidden is not None:
             hidden.append(x)
         if cache is not None:

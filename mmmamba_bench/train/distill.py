@@ -6,8 +6,8 @@
   input (both after the output projection, which is inherited and frozen); the loss is the sum over converted
   layers of the mean squared error over real (non-padding) tokens. Trains phi_stage1 = {a, W_gamma, W_conv, W_G}:
   ``A_log_bias``, ``dt_bias``, the dt rows of ``wvkqgdt``, ``conv1d`` (weight, bias), the g rows of ``wvkqgdt`` and
-  ``g_norm_swish_gate.weight``. The q / k / v rows of ``wvkqgdt`` are frozen with a gradient mask and restored
-  after each step (:class:`~mmmamba_bench.train.loop.RowFreeze`).
+  ``g_norm_swish_gate.weight``. The q / k / v rows of ``wvkqgdt`` read a frozen copy through a parametrization
+  (:class:`~mmmamba_bench.train.loop.KeepRows`), so they stay bit for bit what they were.
 - Stage 2 (Sec. 4.3): the same loss, now also training the q / k / v rows (W_Q, W_K, W_V).
 - Stage 3 (Sec. 4.4): end-to-end KL(teacher || student) of the next-token distributions, temperature 1, averaged
   over every real token (image tokens included); the student runs on the same inputs without the teacher's
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import Batch, Processor
 from mmmamba_bench.train.data import BatchStream, EncodedCache, data_sha256
-from mmmamba_bench.train.loop import RowFreeze, StepCallback, Trainable, train
+from mmmamba_bench.train.loop import RowMask, StepCallback, Trainable, train
 from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, cap_distill_steps, stage_hash
 from mmmamba_bench.results import publish_dir
 from mmmamba_bench.train.state import (STATE_FILE, TrainCheckpoint, read_stage_record, weights_sha256,
@@ -84,22 +84,23 @@ def stage_trainable(model: MMMambaChatModel, stage: int) -> Trainable:
         raise ValueError(f"there is no distillation stage {stage} (stages are 1, 2, 3)")
     for p in model.parameters():
         p.requires_grad_(False)
-    params, freezes = {}, []
+    params, masks = {}, []
     for i in mamba_layer_indices(model):
         mixer = model.layers[i].attention
         prefix = f"{layer_prefix(model, i)}.attention"
-        for suffix in MIXER_PARAMS:
-            p = mixer.get_parameter(suffix)
-            p.requires_grad_(True)
-            params[f"{prefix}.{suffix}"] = p
         rows = torch.zeros(mixer.wvkqgdt.weight.shape[0], dtype=torch.bool)
         for name in WVKQGDT_ROWS[stage]:
             rows[mixer.row_slices()[name]] = True
-        if not bool(rows.all()):
-            freezes.append(RowFreeze(mixer.wvkqgdt.weight, rows))
+        for suffix in MIXER_PARAMS:
+            p = mixer.get_parameter(suffix)
+            if suffix == "wvkqgdt.weight" and not bool(rows.all()):
+                mask, p = RowMask.install(mixer.wvkqgdt, "weight", rows)
+                masks.append(mask)
+            p.requires_grad_(True)
+            params[f"{prefix}.{suffix}"] = p
     if not params:
         raise ValueError("the student has no Mamba-2 layers: nothing to distil")
-    return Trainable(params, freezes)
+    return Trainable(params, masks)
 
 
 # ---- losses ------------------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
         loss_fn = partial(layerwise_loss, inputs.teacher, student, scale=cfg.loss_scale)
     stream = BatchStream(inputs.train_items, inputs.processor, cfg.batch_size, recipe.seed + stage)
     n_train = sum(p.numel() for p in trainable.params.values())
-    n_rows = sum(int(rf.frozen.sum()) * rf.param.shape[1] for rf in trainable.row_freezes)
+    n_rows = sum(rm.frozen_numel for rm in trainable.row_masks)
     log.info("stage %d: %d trainable parameters (%.1f%% of %d) from %s", stage, n_train - n_rows,
              100 * (n_train - n_rows) / sum(p.numel() for p in student.parameters()),
              sum(p.numel() for p in student.parameters()), input_dir)

@@ -23,45 +23,69 @@ from mmmamba_bench.train.state import TrainCheckpoint, rng_state, set_rng_state
 log = logging.getLogger(__name__)
 
 
-class RowFreeze:
-    """Train only some rows of a weight: the other rows get zero gradient and are restored after every step.
+class KeepRows(nn.Module):
+    """A parametrization that trains only some rows of a weight: the frozen rows always read a saved copy.
 
-    The gradient hook keeps frozen rows out of the loss gradient and out of the clipping norm; restoring the
-    saved rows after the optimizer step undoes AdamW's decoupled weight decay on them, so frozen rows stay bit
-    for bit what they were (the paper's stage 1 trains the g and dt rows of ``wvkqgdt`` but not q / k / v).
+    ``weight = where(trainable_rows, original, saved)``: the frozen rows get no gradient (nor a share of the clipping
+    norm) and whatever the optimizer does to ``original``'s frozen rows (AdamW's decoupled weight decay) never reaches
+    the weight the model uses, so they stay bit for bit what they were. It works unchanged under DDP and DeepSpeed
+    ZeRO, which keep their own fp32 copy of every trained parameter (restoring rows after each step could not reach
+    that copy). The paper's stage 1 trains the g and dt rows of ``wvkqgdt`` but not q / k / v.
     """
 
-    def __init__(self, param: nn.Parameter, trainable_rows: torch.Tensor):
-        if trainable_rows.shape != param.shape[:1] or trainable_rows.dtype != torch.bool:
-            raise ValueError(f"trainable_rows must be a bool mask of {param.shape[0]} rows")
-        self.param = param
-        self.frozen = ~trainable_rows.to(param.device)
-        self.saved = param.detach()[self.frozen].clone()
-        keep = trainable_rows.to(param.device, param.dtype).view(-1, *([1] * (param.dim() - 1)))
-        self.handle = param.register_hook(lambda g: g * keep)
+    def __init__(self, weight: torch.Tensor, trainable_rows: torch.Tensor):
+        super().__init__()
+        if trainable_rows.shape != weight.shape[:1] or trainable_rows.dtype != torch.bool:
+            raise ValueError(f"trainable_rows must be a bool mask of {weight.shape[0]} rows")
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        self.register_buffer("keep", trainable_rows.to(weight.device).view(shape), persistent=False)
+        self.register_buffer("saved", weight.detach().clone(), persistent=False)
 
-    @torch.no_grad()
-    def restore(self) -> None:
-        self.param[self.frozen] = self.saved
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.keep, original, self.saved.to(original.dtype))
+
+
+@dataclass
+class RowMask:
+    """A :class:`KeepRows` parametrization installed on ``module.<name>``."""
+
+    module: nn.Module
+    name: str
+    trainable_rows: torch.Tensor  # [rows] bool
+
+    @property
+    def frozen_numel(self) -> int:
+        """Elements of the weight that do not train."""
+        weight = getattr(self.module.parametrizations, self.name).original
+        return int((~self.trainable_rows).sum()) * weight[0].numel()
+
+    @staticmethod
+    def install(module: nn.Module, name: str, trainable_rows: torch.Tensor) -> tuple["RowMask", nn.Parameter]:
+        """Parametrize ``module.<name>``; returns the mask and the parameter that now trains (the original)."""
+        from torch.nn.utils import parametrize
+
+        parametrize.register_parametrization(module, name, KeepRows(getattr(module, name), trainable_rows))
+        return RowMask(module, name, trainable_rows), getattr(module.parametrizations, name).original
 
     def remove(self) -> None:
-        self.handle.remove()
+        """Back to a plain parameter holding the trained rows and the exact frozen ones."""
+        from torch.nn.utils import parametrize
+
+        if parametrize.is_parametrized(self.module, self.name):
+            parametrize.remove_parametrizations(self.module, self.name, leave_parametrized=True)
 
 
 @dataclass
 class Trainable:
-    """The named parameters one run trains, plus any row-wise freezes on them."""
+    """The named parameters one run trains (by their released names), plus any row masks on them."""
 
     params: dict[str, nn.Parameter]
-    row_freezes: list[RowFreeze] = field(default_factory=list)
-
-    def restore_frozen_rows(self) -> None:
-        for rf in self.row_freezes:
-            rf.restore()
+    row_masks: list[RowMask] = field(default_factory=list)
 
     def close(self) -> None:
-        for rf in self.row_freezes:
-            rf.remove()
+        """Remove the row masks (the model then holds plain parameters again, ready to save)."""
+        for rm in self.row_masks:
+            rm.remove()
 
 
 def make_optimizer(trainable: Trainable, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -123,7 +147,6 @@ def train(*, name: str, trainable: Trainable, loss_fn: Callable[[Batch], torch.T
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        trainable.restore_frozen_rows()
         value = float(loss.detach())
         losses.append(value)
         bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2e}", gnorm=f"{float(gnorm):.3g}")
