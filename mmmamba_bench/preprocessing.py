@@ -132,3 +132,20 @@ def chat_prompt(question: str, num_tiles: int | Sequence[int] = 0, tokens_per_ti
         prefix = f"{ROLE_START}system\n{system}{ROLE_END}\n" if system else ""
         return f"{prefix}{ROLE_START}user\n{content}{ROLE_END}\n{ROLE_START}assistant\n"
     raise ValueError(f"unknown chat template {template!r}; known: {list(TEMPLATES)}")
+
+
+def next_turn_prompt(question: str, template: str = RELEASED_TEMPLATE) -> str:
+    """The text that follows an answer's end-of-turn token (``<|im_end|>``) in a multi-turn conversation: the next
+    user turn and the opening of the assistant's reply, in ``template``'s layout.
+
+    :func:`chat_prompt` (first turn) + answer + ``<|im_end|>`` + this (second turn) + answer + ``<|im_end|>`` + ...
+    is the whole conversation as InternVL's conversation template lays it out. ``question`` goes in as given (any
+    image block already in place). ``internlm2-chat``: nothing between turns (MPT separator);
+    ``mmmamba-bench-mini``: the newline after each ``<|im_end|>``.
+    """
+    turn = f"{ROLE_START}user\n{question}{ROLE_END}"
+    if template == RELEASED_TEMPLATE:
+        return f"{turn}{ROLE_START}assistant\n"
+    if template == MINI_TEMPLATE:
+        return f"\n{turn}\n{ROLE_START}assistant\n"
+    raise ValueError(f"unknown chat template {template!r}; known: {list(TEMPLATES)}")
