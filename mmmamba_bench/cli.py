@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -177,7 +178,15 @@ def _add_distill(sub) -> None:
     p.add_argument("--stages", default="1,2,3", help="stages to chain, e.g. 1,2,3 (default) or 1,3 (ablation)")
     p.add_argument("--allow-stage-skip", action="store_true",
                    help="allow a chain that skips a stage (paper Table 3 ablations); recorded in distill_state.json")
-    p.add_argument("--data", type=Path, default=None, help="mini-suite data directory (default: tasks/mini/data)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="training data: a mini-suite folder (default: tasks/mini/data) or, for recipes with "
+                        "data.source: internvl, an InternVL-format .jsonl file or meta JSON")
+    p.add_argument("--image-root", type=Path, default=None,
+                   help="folder the .jsonl's image paths are relative to (default: the file's folder; a meta JSON "
+                        "names its own roots)")
+    p.add_argument("--micro-batch", type=POSITIVE_INT, default=None,
+                   help="rows per forward/backward on one process; the rest of the recipe's batch is accumulated "
+                        "(default: the recipe's micro_batch_size, else batch_size / processes)")
     p.add_argument("--device", default=None, help="override the recipe's device (cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_distill)
@@ -187,8 +196,10 @@ def _cmd_distill(args) -> int:
     from mmmamba_bench.train.distill import distill
 
     out = distill(args.recipe, args.teacher, args.out, stages=args.stages, data_dir=args.data,
-                  allow_skip=args.allow_stage_skip, device=args.device, progress=not args.no_progress)
-    print(f"wrote {out}")
+                  image_root=args.image_root, allow_skip=args.allow_stage_skip, device=args.device,
+                  progress=not args.no_progress, micro_batch=args.micro_batch)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {out}")
     return 0
 
 

@@ -370,6 +370,7 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_data, tmp_path):
 
     from mmmamba_bench.outputs import OutputLocked, output_lock
     from mmmamba_bench.train.distill import distill
+    from tests.test_distill import TINY_DISTILL
     from mmmamba_bench.train.teacher import train_teacher
 
     out = tmp_path / "teacher"
@@ -377,7 +378,7 @@ def test_a_second_run_on_the_same_output_is_refused(tiny_data, tmp_path):
         with pytest.raises(OutputLocked, match=r"being written by another run \(pid \d+, test\)"):
             train_teacher(TINY_TEACHER, tiny_data, out, progress=False)
         with pytest.raises(OutputLocked):
-            distill({}, tmp_path / "no-teacher", out)
+            distill(TINY_DISTILL, tmp_path / "no-teacher", out)
     # held by another process, released when it dies however it dies (flock): a rerun after a kill is not blocked
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from mmmamba_bench.outputs import output_lock\n"
                                "with output_lock(sys.argv[1], 'holder'):\n print('held', flush=True); time.sleep(60)",

@@ -28,22 +28,25 @@ appears only when the whole chain has finished (an atomic copy of the last stage
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import Batch, Processor
-from mmmamba_bench.train.data import BatchStream, EncodedCache, data_sha256
-from mmmamba_bench.train.loop import RowMask, StepCallback, Trainable, train
+from mmmamba_bench.train.data import EncodedCache, data_sha256
+from mmmamba_bench.train.loop import RowMask, StepCallback, Trainable
+from mmmamba_bench.train.parallel import EncodedRows, LossCheck, Objective, RowSource, StepPlan, train_parallel
 from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, cap_distill_steps, stage_hash
 from mmmamba_bench.results import publish_dir
 from mmmamba_bench.train.state import (STATE_FILE, TrainCheckpoint, read_stage_record, weights_sha256,
@@ -110,9 +113,10 @@ def _padding(batch: Batch) -> tuple[torch.Tensor, bool]:
     return key_mask, not bool(key_mask.all())
 
 
-def layerwise_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch,
-                   scale: float = 1.0) -> torch.Tensor:
-    """Stages 1-2: sum over Mamba-2 layers of MSE(student mixer(h_i), teacher attention(h_i)) on real tokens.
+def layerwise_terms(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch,
+                    scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stages 1-2 as (sum, real tokens): sum over Mamba-2 layers and real tokens of the squared error between
+    student mixer(h_i) and teacher attention(h_i), averaged over hidden units, times ``scale``.
 
     h_i is the teacher's normed input of layer i, captured with a forward hook on the teacher's mixer.
     """
@@ -133,17 +137,24 @@ def layerwise_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: 
     B, L = batch.input_ids.shape
     ctxs = [student.context(s, B, L, 0, key_mask if has_padding else None, has_padding) for s in (0, 1)]
     weight = key_mask[..., None].to(captured[layers[0]][1].dtype)  # [B, L, 1]
-    denom = weight.sum() * captured[layers[0]][1].shape[-1]
-    loss = torch.zeros((), device=batch.input_ids.device)
+    hidden = captured[layers[0]][1].shape[-1]
+    total = torch.zeros((), device=batch.input_ids.device)
     for i in layers:
         x, target = captured[i]
         y = student.layers[i].attention(x, ctxs[0 if i < student.num_embedding_layers else 1])
-        loss = loss + (((y - target) ** 2) * weight).sum().float() / denom
-    return loss * scale
+        total = total + (((y - target) ** 2) * weight).sum().float() / hidden
+    return total * scale, key_mask.sum()
 
 
-def kl_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch) -> torch.Tensor:
-    """Stage 3: KL(p_teacher || p_student) at temperature 1, averaged over real tokens."""
+def layerwise_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch,
+                   scale: float = 1.0) -> torch.Tensor:
+    """Stages 1-2: sum over Mamba-2 layers of MSE(student mixer(h_i), teacher attention(h_i)) on real tokens."""
+    total, tokens = layerwise_terms(teacher, student, batch, scale)
+    return total / tokens
+
+
+def kl_terms(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3 as (sum, real tokens): KL(p_teacher || p_student) at temperature 1 summed over real tokens."""
     with torch.no_grad():
         t_logp = F.log_softmax(teacher(batch.input_ids, batch.pixel_values,
                                        attention_mask=batch.attention_mask).logits.float(), dim=-1)  # [B, L, V]
@@ -151,24 +162,34 @@ def kl_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch) 
                                    attention_mask=batch.attention_mask).logits.float(), dim=-1)  # [B, L, V]
     kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)  # [B, L]
     mask = batch.attention_mask.to(kl.dtype)
-    return (kl * mask).sum() / mask.sum()
+    return (kl * mask).sum(), mask.sum()
+
+
+def kl_loss(teacher: MMMambaChatModel, student: MMMambaChatModel, batch: Batch) -> torch.Tensor:
+    """Stage 3: KL(p_teacher || p_student) at temperature 1, averaged over real tokens."""
+    total, tokens = kl_terms(teacher, student, batch)
+    return total / tokens
 
 
 # ---- one stage ---------------------------------------------------------------------------------------------------
 
 @dataclass
 class StageInputs:
-    """What every stage shares: the recipe, the frozen teacher and the encoded training data."""
+    """What every stage shares: the recipe, the frozen teacher, the training data and how the steps run."""
 
     recipe: DistillRecipe
     teacher: MMMambaChatModel
     teacher_dir: Path
     processor: Processor
-    train_items: list
+    make_source: Callable[[int], RowSource]  # stage -> its training rows (seeded by recipe.seed + stage)
     device: str
     dtype: torch.dtype
-    data_sha256: str  # identity of the training data (train.data.data_sha256)
+    data_sha256: str  # identity of the training data (the source's sha256)
+    accelerator: object  # accelerate.Accelerator: one process or several, DDP or DeepSpeed
     max_steps: int | None = None  # the cap on each stage's steps, if any (recorded in every stage record)
+    micro_batch: int | None = None  # rows per forward / backward on one process (None: batch_size / processes)
+    gradient_checkpointing: bool = False  # recompute decoder layers in the backward pass (stage 3 at 8K tokens)
+    ssd_backend: str = "torch"  # the SSD scan (CUDA: "mamba_ssm", mamba-ssm's Triton scan, forward and backward)
 
 
 def check_chain(stage: int, input_dir: Path, after: int | None = None) -> dict:
@@ -197,49 +218,109 @@ def check_chain(stage: int, input_dir: Path, after: int | None = None) -> dict:
 
 def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, work_dir: Path,
               after: int | None = None, progress: bool = True, callback: StepCallback | None = None) -> Path:
-    """Train stage ``stage`` from ``input_dir`` into ``out_dir`` (resuming from ``work_dir``); returns ``out_dir``."""
+    """Train stage ``stage`` from ``input_dir`` into ``out_dir`` (resuming from ``work_dir``); returns ``out_dir``.
+
+    Every process of an ``accelerate launch`` calls this; only the main process writes.
+    """
     from mmmamba_bench.checkpoint import load_model, save_model
 
+    acc = inputs.accelerator
     record_in = check_chain(stage, input_dir, after)
     recipe, cfg = inputs.recipe, inputs.recipe.stage(stage)
     shash = stage_hash(recipe, stage)
     t0 = time.perf_counter()
-    student = load_model(input_dir, device=inputs.device, dtype=inputs.dtype, ssd_backend="torch")
+    student = load_model(input_dir, device=inputs.device, dtype=inputs.dtype, ssd_backend=inputs.ssd_backend)
     trainable = stage_trainable(student, stage)
+    mixed = inputs.dtype != torch.float32 and not _is_deepspeed(acc)
+    if mixed:  # mixed precision: the trained parameters are fp32 master copies (DeepSpeed keeps its own)
+        for p in trainable.params.values():
+            p.data = p.data.float()
+    student.gradient_checkpointing = inputs.gradient_checkpointing
     student.train()
     if stage == 3:
-        loss_fn = partial(kl_loss, inputs.teacher, student)
+        terms = partial(kl_terms, inputs.teacher, student)
     else:
-        loss_fn = partial(layerwise_loss, inputs.teacher, student, scale=cfg.loss_scale)
-    stream = BatchStream(inputs.train_items, inputs.processor, cfg.batch_size, recipe.seed + stage)
+        terms = partial(layerwise_terms, inputs.teacher, student, scale=cfg.loss_scale)
+    objective = Objective(student, terms, list(trainable.params.values()))
+    source = inputs.make_source(stage)
+    plan = StepPlan.make(cfg.batch_size, acc.num_processes, inputs.micro_batch)
     n_train = sum(p.numel() for p in trainable.params.values())
     n_rows = sum(rm.frozen_numel for rm in trainable.row_masks)
-    log.info("stage %d: %d trainable parameters (%.1f%% of %d) from %s", stage, n_train - n_rows,
-             100 * (n_train - n_rows) / sum(p.numel() for p in student.parameters()),
-             sum(p.numel() for p in student.parameters()), input_dir)
+    log.info("stage %d: %d trainable parameters (%.1f%% of %d) from %s; %d process(es) x %d accumulated x %d rows",
+             stage, n_train - n_rows, 100 * (n_train - n_rows) / sum(p.numel() for p in student.parameters()),
+             sum(p.numel() for p in student.parameters()), input_dir, plan.processes, plan.accumulation,
+             plan.micro_batch)
     try:
-        losses = train(name=f"stage{stage}", trainable=trainable, loss_fn=loss_fn, stream=stream, cfg=cfg,
-                       checkpoint=TrainCheckpoint(work_dir, f"{shash}:{inputs.data_sha256}"),
-                       checkpoint_every=recipe.checkpoint_every,
-                       device=inputs.device, progress=progress, callback=callback)
+        losses = train_parallel(name=f"stage{stage}", trainable=trainable, objective=objective, source=source,
+                                collate=inputs.processor.collate, cfg=cfg, plan=plan,
+                                checkpoint=TrainCheckpoint(work_dir, f"{shash}:{inputs.data_sha256}"),
+                                checkpoint_every=recipe.checkpoint_every, accelerator=acc, progress=progress,
+                                callback=callback, loss_check=first_loss_check(recipe, stage, record_in))
     finally:
         trainable.close()
+    student.to(inputs.dtype)
     student.eval()
+    skipped = _sum_counts(acc, source.skipped())
+    if skipped:
+        log.warning("stage %d: rows skipped %s (each logged with its file and line)", stage, skipped)
     record = {
         "stage": stage, "complete": True, "recipe_sha256": shash, "data_sha256": inputs.data_sha256,
         "input": {"path": str(input_dir), "stage": record_in["stage"], "weights_sha256": record_in["weights_sha256"]},
         "chain": list(record_in.get("chain", [])) + [stage],
         "teacher": record_in.get("teacher"), "layout": record_in.get("layout"),
         "steps": cfg.steps, "max_steps": inputs.max_steps, "last_losses": losses[-10:],
+        "skipped_rows": skipped,
+        "engine": {"processes": plan.processes, "micro_batch": plan.micro_batch,
+                   "accumulation": plan.accumulation, "distributed": str(acc.distributed_type),
+                   "mixed_precision": acc.mixed_precision, "ssd_scan": student.code_path.ssd_scan,
+                   "gradient_checkpointing": inputs.gradient_checkpointing},
         "seconds_this_run": round(time.perf_counter() - t0, 1),
     }
 
     def add_record(tmp: Path) -> None:  # weights and record are published together (one rename)
         write_stage_record(tmp, {**record, "weights_sha256": weights_sha256(tmp)})
 
-    save_model(student, out_dir, overwrite=True, side_files_from=input_dir, before_publish=add_record)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if acc.is_main_process:
+        save_model(student, out_dir, overwrite=True, side_files_from=input_dir, before_publish=add_record)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    acc.wait_for_everyone()
     return out_dir
+
+
+def first_loss_check(recipe: DistillRecipe, stage: int, record_in: dict) -> LossCheck | None:
+    """The range the first steps' losses must fall in: the recipe's ``first_losses`` for the stage, and for stage 2
+    at most 10x the loss stage 1 ended with (the same loss, continued from stage 1's weights)."""
+    ranges = recipe.first_losses
+    bounds = getattr(ranges, f"stage{stage}")
+    low, high = (bounds[0], bounds[1]) if bounds else (0.0, math.inf)
+    hint = f"The recipe's first_losses.stage{stage} is {bounds}." if bounds else ""
+    last = record_in.get("last_losses") or []
+    if stage == 2 and record_in.get("stage") == 1 and last:
+        high = min(high, 10 * max(sum(last) / len(last), 1e-12))
+        hint += (f" Stage 2 continues stage 1's loss, which ended at {sum(last) / len(last):.4g}: is the input "
+                 f"really stage 1's output of this teacher?")
+    if low == 0.0 and math.isinf(high):
+        return None
+    return LossCheck(low, high, ranges.steps, hint.strip())
+
+
+def _sum_counts(acc, counts: dict[str, int]) -> dict[str, int]:
+    """Per-reason counts summed over the processes."""
+    if acc.num_processes == 1:
+        return dict(sorted(counts.items()))
+    from accelerate.utils import gather_object
+
+    total: dict[str, int] = {}
+    for part in gather_object([counts]):
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + int(v)
+    return dict(sorted(total.items()))
+
+
+def _is_deepspeed(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
 
 
 # ---- the whole pipeline ------------------------------------------------------------------------------------------
@@ -281,49 +362,107 @@ def parse_stages(stages: str | Sequence[int], allow_skip: bool = False) -> list[
 
 def distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
             stages: str | Sequence[int] = (1, 2, 3), *, data_dir: str | os.PathLike | None = None,
-            allow_skip: bool = False, device: str | None = None, progress: bool = True,
-            callback: StepCallback | None = None, evaluate: bool = True, max_steps: int | None = None,
-            encoded: EncodedCache | None = None, max_threads: int | None = None) -> Path:
+            image_root: str | os.PathLike | None = None, allow_skip: bool = False, device: str | None = None,
+            progress: bool = True, callback: StepCallback | None = None, evaluate: bool = True,
+            max_steps: int | None = None, encoded: EncodedCache | None = None, max_threads: int | None = None,
+            micro_batch: int | None = None) -> Path:
     """Seed and distil a student from ``teacher_dir``; the final model lands in ``out_dir`` (returned).
 
-    Rerunning the same call skips finished stages (after checking their records match this recipe and input) and
-    resumes an interrupted stage from its last training checkpoint. ``callback(step, loss)`` runs after every
-    optimizer step (tests use it to simulate an interruption). ``max_steps`` caps every stage's steps (a smoke run,
+    ``data_dir``: the training data: a mini-suite folder (``data.source: minisuite``; None = tasks/mini/data) or, for
+    ``data.source: internvl``, an InternVL-format ``.jsonl`` file or meta JSON (:mod:`mmmamba_bench.train.sft`;
+    images under ``image_root``, default the file's folder).
+
+    Started by ``accelerate launch`` (every process calls this with the same arguments) it trains data-parallel
+    (:mod:`mmmamba_bench.train.parallel`); only the main process writes. Rerunning the same call skips finished
+    stages (after checking their records match this recipe, input and data) and resumes an interrupted stage from
+    its last training checkpoint, on any number of processes. ``callback(step, loss)`` runs after every optimizer
+    step (tests use it to simulate an interruption). ``max_steps`` caps every stage's steps (a smoke run,
     :func:`~mmmamba_bench.train.recipe.cap_distill_steps`; recorded as ``max_steps`` in each stage record).
-    ``encoded``: a cache of encoded training data shared between calls in one process (the demo distils two
-    students from one teacher on one data set); it changes nothing but the time spent encoding. ``max_threads`` caps
-    the recipe's ``threads`` (an execution setting, outside the stage hashes: the demo runs two distillations side by
-    side on a 2-core machine with one thread each). A second run on the same ``out_dir`` is refused while the first
-    holds it (:mod:`mmmamba_bench.outputs`).
+    ``encoded``: a cache of encoded mini-suite data shared between calls in one process (the demo distils two
+    students from one teacher on one data set). ``max_threads`` caps the recipe's ``threads``; ``micro_batch``
+    overrides the recipe's ``micro_batch_size`` (execution settings, outside the stage hashes). A second run on the
+    same ``out_dir`` is refused while the first holds it (:mod:`mmmamba_bench.outputs`).
     """
     from mmmamba_bench.outputs import check_output_target, output_lock
 
+    recipe = as_recipe(recipe, DistillRecipe)
+    acc = make_accelerator(recipe, device)
     check_output_target(out_dir, "--out")
-    with output_lock(out_dir, "distill"):
-        return _distill(recipe, teacher_dir, out_dir, stages, data_dir=data_dir, allow_skip=allow_skip,
-                        device=device, progress=progress, callback=callback, evaluate=evaluate, max_steps=max_steps,
-                        encoded=encoded, max_threads=max_threads)
+    with output_lock(out_dir, "distill") if acc.is_main_process else contextlib.nullcontext():
+        return _distill(recipe, teacher_dir, out_dir, stages, data_dir=data_dir, image_root=image_root,
+                        allow_skip=allow_skip, device=device, progress=progress, callback=callback,
+                        evaluate=evaluate, max_steps=max_steps, encoded=encoded, max_threads=max_threads,
+                        micro_batch=micro_batch, acc=acc)
 
 
-def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
-             stages: str | Sequence[int], *, data_dir: str | os.PathLike | None, allow_skip: bool,
-             device: str | None, progress: bool, callback: StepCallback | None, evaluate: bool,
-             max_steps: int | None, encoded: EncodedCache | None, max_threads: int | None) -> Path:
+def make_accelerator(recipe: DistillRecipe, device: str | None = None):
+    """The ``accelerate.Accelerator`` of this process: whatever ``accelerate launch`` set up (DDP, DeepSpeed, CPU
+    gloo), or a single process; bf16 recipes in mixed precision."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    device = device or recipe.device
+    mixed = "bf16" if recipe.dtype == "bfloat16" else "no"
+    # the frozen-row copies (KeepRows buffers) are equal on every process: no need to broadcast them each step
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed,
+                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+
+
+def _data_source(recipe: DistillRecipe, data: Path | None, image_root: Path | None, processor: Processor,
+                 teacher_dir: Path, encoded: EncodedCache | None) -> tuple[Callable[[int], RowSource], str]:
+    """(stage -> its row source, the data's sha256), checked before any work."""
+    if recipe.data.source == "minisuite":
+        if data is not None and data.is_file():
+            raise ValueError(f"--data {data} is a file, but the recipe's data.source is 'minisuite' (a folder "
+                             f"written by `mmmamba-bench data`); InternVL-format .jsonl / meta JSON needs "
+                             f"data.source: internvl")
+        data_hash = data_sha256(data)
+        cache = encoded or EncodedCache()  # encoded once, shared by the stages
+
+        def minisuite(stage: int) -> RowSource:
+            items = cache.get(processor, teacher_dir, data, "train", recipe.data.tasks,
+                                                    recipe.data.max_examples)
+            return EncodedRows(items, recipe.stage(stage).batch_size, recipe.seed + stage, data_hash)
+
+        return minisuite, data_hash
+    from mmmamba_bench.train.sft import SFTData
+
+    if data is None or not data.is_file():
+        raise ValueError(f"the recipe's data.source is 'internvl': pass --data with an InternVL-format .jsonl file "
+                         f"or meta JSON (got {data})")
+    first = SFTData.open(data, processor, image_root=image_root, max_tokens=recipe.data.max_tokens,
+                         seed=recipe.seed)
+
+    def sft(stage: int) -> RowSource:
+        return SFTData.open(data, processor, image_root=image_root, max_tokens=recipe.data.max_tokens,
+                            seed=recipe.seed + stage)
+
+    return sft, first.sha256
+
+
+def _distill(recipe: DistillRecipe, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             stages: str | Sequence[int], *, data_dir: str | os.PathLike | None, image_root: str | os.PathLike | None,
+             allow_skip: bool, device: str | None, progress: bool, callback: StepCallback | None, evaluate: bool,
+             max_steps: int | None, encoded: EncodedCache | None, max_threads: int | None, micro_batch: int | None,
+             acc) -> Path:
     from mmmamba_bench.checkpoint import load_model
 
-    recipe = as_recipe(recipe, DistillRecipe)
     if max_steps is not None:
         recipe = cap_distill_steps(recipe, max_steps)
     chain = parse_stages(stages, allow_skip)
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
-    data_dir = Path(data_dir) if data_dir is not None else None
+    data = Path(data_dir) if data_dir is not None else None
+    root = Path(image_root) if image_root is not None else None
     if max_threads is not None and max_threads < 1:
         raise ValueError(f"max_threads must be at least 1, got {max_threads}")
     threads = recipe.threads if max_threads is None else min(recipe.threads or max_threads, max_threads)
     if threads:
         torch.set_num_threads(threads)
-    device = device or recipe.device
+    device = str(acc.device) if (device or recipe.device) != "cpu" else "cpu"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[recipe.dtype]
+    micro = micro_batch if micro_batch is not None else recipe.micro_batch_size
+    for k in chain:  # the split of every stage's batch over the processes, checked before any work
+        StepPlan.make(recipe.stage(k).batch_size, acc.num_processes, micro)
     final = read_stage_record(out_dir)
     if final is not None and final.get("complete"):
         if final.get("chain") != [0] + chain or final.get("recipe_sha256") != stage_hash(recipe, chain[-1]):
@@ -332,13 +471,19 @@ def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pa
         return out_dir
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists but is not a finished distillation; choose a new --out")
-    data_hash = data_sha256(data_dir)
+    processor = Processor.from_pretrained(teacher_dir, max_tiles=recipe.data.max_tiles)
+    make_source, data_hash = _data_source(recipe, data, root, processor, teacher_dir, encoded)
     work_root = out_dir.with_name(out_dir.name + ".stages")
     for k in chain:  # an interrupted stage of another recipe or on other data: refused before any work
         TrainCheckpoint(work_root / ".work" / f"stage{k}", f"{stage_hash(recipe, k)}:{data_hash}").check_tag()
-    work_root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    seeded = seed_student(recipe, teacher_dir, work_root)
+    if acc.is_main_process:
+        work_root.mkdir(parents=True, exist_ok=True)
+        seed_student(recipe, teacher_dir, work_root)
+    acc.wait_for_everyone()
+    seeded = work_root / SEEDED
+    if read_stage_record(seeded) is None:
+        raise StageChainError(f"{seeded}: the seeded student is missing (the main process did not write it)")
 
     inputs: StageInputs | None = None
     prev_dir, prev_stage = seeded, 0
@@ -353,7 +498,7 @@ def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pa
                 raise FileExistsError(f"{dest} was produced from another input than {prev_dir}; use a new output "
                                       f"directory")
             if record.get("data_sha256") != data_hash:
-                raise FileExistsError(f"{dest} was trained on other data (manifest sha256 "
+                raise FileExistsError(f"{dest} was trained on other data (sha256 "
                                       f"{str(record.get('data_sha256'))[:12]}..., this data {data_hash[:12]}...); "
                                       f"use a new output directory")
             log.info("stage %d already finished: %s", k, dest)
@@ -362,22 +507,21 @@ def _distill(recipe: DistillRecipe | str | os.PathLike, teacher_dir: str | os.Pa
                 teacher = load_model(teacher_dir, device=device, dtype=dtype, ssd_backend="torch")
                 for p in teacher.parameters():
                     p.requires_grad_(False)
-                processor = Processor.from_pretrained(teacher_dir, max_tiles=recipe.data.max_tiles)
-                items = (encoded or EncodedCache()).get(processor, teacher_dir, data_dir, "train", recipe.data.tasks,
-                                                        recipe.data.max_examples)
-                inputs = StageInputs(recipe, teacher, teacher_dir, processor, items, device, dtype, data_hash,
-                                     max_steps)
+                inputs = StageInputs(recipe, teacher, teacher_dir, processor, make_source, device, dtype, data_hash,
+                                     acc, max_steps, micro, recipe.gradient_checkpointing, recipe.ssd_backend)
             run_stage(k, inputs, prev_dir, dest, work_root / ".work" / f"stage{k}", after=prev_stage,
                       progress=progress, callback=callback)
         prev_dir, prev_stage = dest, k
     log.info("distillation done in %.1f s: %s", time.perf_counter() - t0, prev_dir)
+    if not acc.is_main_process:
+        return out_dir
     record = read_stage_record(prev_dir) or {}
-    if evaluate and recipe.eval.items_per_task > 0:
+    if evaluate and recipe.eval.items_per_task > 0 and recipe.data.source == "minisuite":
         from mmmamba_bench.train.quickeval import format_scores, validation_accuracy
 
         model = load_model(prev_dir, device=device, dtype=dtype, ssd_backend="torch")
         processor = Processor.from_pretrained(prev_dir, max_tiles=recipe.data.max_tiles)
-        scores = validation_accuracy(model, processor, data_dir, recipe.eval.items_per_task, recipe.data.tasks,
+        scores = validation_accuracy(model, processor, data, recipe.eval.items_per_task, recipe.data.tasks,
                                      recipe.eval.batch_size, recipe.eval.max_new_tokens)
         log.info("%s: validation exact match %s", prev_dir, format_scores(scores))
         record["validation_exact_match"] = scores

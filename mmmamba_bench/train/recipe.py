@@ -50,20 +50,27 @@ class OptimConfig:
             raise RecipeError(f"{where}: warmup_frac and decay_frac must lie in [0, 1] and sum to at most 1")
 
 
+DATA_SOURCES = ("minisuite", "internvl")
+
+
 @dataclass(kw_only=True)
 class DataConfig:
-    """Training data: the offline mini-suite (``mmmamba_bench.data.minisuite``)."""
+    """Training data: the offline mini-suite (``mmmamba_bench.data.minisuite``, a folder) or InternVL / SOLO SFT
+    JSON-lines (``mmmamba_bench.train.sft``: a ``.jsonl`` file or InternVL's meta JSON), given at run time."""
 
-    source: str = "minisuite"  # the only loader implemented (the paper's SOLO jsonl is not)
-    tasks: list[str] | None = None  # None: all seven mini tasks
-    max_tiles: int = 1  # image tiles per example (the demo uses one 64 px tile)
-    max_examples: int | None = None  # cap on training examples (None: the whole train split)
+    source: str = "minisuite"  # minisuite | internvl
+    tasks: list[str] | None = None  # mini-suite: None = all seven mini tasks
+    max_tiles: int = 1  # image tiles per image (the demo uses one 64 px tile; the paper 6 + thumbnail)
+    max_examples: int | None = None  # mini-suite: cap on training examples (None: the whole train split)
+    max_tokens: int = 8192  # internvl: longer rows are skipped and counted (paper: 8,192)
 
     def validate(self, where: str) -> None:
-        if self.source != "minisuite":
-            raise RecipeError(f"{where}: data.source {self.source!r} is not supported (only 'minisuite')")
+        if self.source not in DATA_SOURCES:
+            raise RecipeError(f"{where}: data.source {self.source!r} is not one of {list(DATA_SOURCES)}")
         if self.max_tiles < 1:
             raise RecipeError(f"{where}: data.max_tiles must be >= 1")
+        if self.max_tokens < 1:
+            raise RecipeError(f"{where}: data.max_tokens must be >= 1")
 
 
 @dataclass(kw_only=True)
@@ -147,6 +154,26 @@ class StageConfig(OptimConfig):
 
 
 @dataclass(kw_only=True)
+class LossRanges:
+    """Where the first ``steps`` losses of each stage must lie ([low, high]; None: unchecked). A stage started from
+    the wrong input (the reference's issue #4: an unchained stage 3) starts far outside."""
+
+    steps: int = 3
+    stage1: list[float] | None = None
+    stage2: list[float] | None = None
+    stage3: list[float] | None = None
+
+    def validate(self, where: str) -> None:
+        if self.steps < 1:
+            raise RecipeError(f"{where}: first_losses.steps must be >= 1")
+        for k in (1, 2, 3):
+            r = getattr(self, f"stage{k}")
+            if r is not None and (len(r) != 2 or not 0 <= r[0] < r[1]):
+                raise RecipeError(f"{where}: first_losses.stage{k} must be [low, high] with 0 <= low < high, "
+                                  f"got {r}")
+
+
+@dataclass(kw_only=True)
 class DistillRecipe:
     seed: int = 0
     layout: str = "linear"  # see mmmamba_bench.layouts ("hybrid" = head-interleaved:4)
@@ -158,8 +185,13 @@ class DistillRecipe:
     checkpoint_every: int = 50
     threads: int | None = 2
     device: str = "cpu"
-    dtype: str = "float32"  # float32 | bfloat16 (the paper trains in BF16)
+    dtype: str = "float32"  # float32 | bfloat16 (the paper trains in BF16: mixed precision, fp32 master weights)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    first_losses: LossRanges = field(default_factory=LossRanges)
+    # how the steps run (none changes the result beyond float rounding):
+    micro_batch_size: int | None = None  # rows per forward/backward on one process (None: batch_size / processes)
+    gradient_checkpointing: bool = False  # recompute decoder layers in the backward pass
+    ssd_backend: str = "torch"  # the SSD scan: torch (any device) | mamba_ssm (CUDA: Triton, forward + backward)
 
     def stage(self, k: int) -> StageConfig:
         if k not in (1, 2, 3):
@@ -178,6 +210,11 @@ class DistillRecipe:
             raise RecipeError(f"{where}: dtype {self.dtype!r} is not float32 or bfloat16")
         if self.checkpoint_every <= 0:
             raise RecipeError(f"{where}: checkpoint_every must be positive")
+        self.first_losses.validate(where)
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise RecipeError(f"{where}: micro_batch_size must be >= 1")
+        if self.ssd_backend not in ("torch", "mamba_ssm", "fla"):
+            raise RecipeError(f"{where}: ssd_backend {self.ssd_backend!r} is not torch, mamba_ssm or fla")
 
 
 # ---- YAML <-> dataclass ------------------------------------------------------------------------------------------
@@ -255,7 +292,8 @@ def as_recipe(recipe, cls):
 
 # Recipe fields that say how or where a run executes, not what it computes: left out of the hashes that the
 # finished-run records and resume checks compare, so a run started on a GPU may be resumed on a CPU.
-EXECUTION_FIELDS = ("eval", "threads", "device", "checkpoint_every")
+EXECUTION_FIELDS = ("eval", "threads", "device", "checkpoint_every", "first_losses", "micro_batch_size",
+                    "gradient_checkpointing", "ssd_backend")
 
 
 def recipe_hash(recipe) -> str:

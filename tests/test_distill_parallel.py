@@ -1,0 +1,143 @@
+"""Distillation over several processes (accelerate, gloo on CPU) and with gradient accumulation.
+
+A step's gradient is the global batch's per-token mean whatever the split (mmmamba_bench.train.parallel), so one
+process with batch 2b, one process accumulating two micro-batches of b, and two processes with b each give the same
+trained parameters up to float32 rounding; a run killed with -9 resumes, also on another number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmmamba_bench.train.distill import distill
+from mmmamba_bench.train.parallel import StepPlan
+from tests.test_distill import TINY_DISTILL
+
+# the console script a user types. Two CPU processes (gloo) are `ACCELERATE_USE_CPU=true accelerate launch
+# --multi_gpu --num_processes 2`: accelerate 1.15's `--cpu --num_processes 2` starts ONE process (its simple launcher;
+# several CPU processes need mpirun), which the stage records then show as processes: 1.
+ACCELERATE_SCRIPT = [str(Path(sys.executable).parent / "accelerate"), "launch"]
+CPU_2 = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
+         "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "model.safetensors"))
+
+
+def stage_weights(out: Path, stage: int) -> dict[str, torch.Tensor]:
+    return weights(out.with_name(out.name + ".stages") / f"stage{stage}")
+
+
+def assert_close_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], changed: dict | None = None):
+    """Equal up to float32 rounding of sums taken in another order (amplified a little by Adam's normalisation):
+    relative 1e-4 of each tensor's scale; tensors that did not train are bit-identical."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if changed is not None and torch.equal(changed[k], a[k]):
+            assert torch.equal(a[k], b[k]), k
+            continue
+        scale = float(a[k].abs().max()) or 1.0
+        assert float((a[k] - b[k]).abs().max()) <= 1e-4 * scale, (k, float((a[k] - b[k]).abs().max()), scale)
+
+
+def test_step_plan_splits_the_global_batch_the_same_way_for_any_number_of_processes():
+    one = StepPlan.make(8, 1)
+    two = StepPlan.make(8, 2, micro_batch=2)
+    assert (one.micro_batch, one.accumulation) == (8, 1) and (two.micro_batch, two.accumulation) == (2, 2)
+    rows_two = sorted(k for r in range(2) for m in range(2) for k in two.positions(3, r, m))
+    assert rows_two == list(one.positions(3, 0, 0)) == list(range(24, 32))
+    with pytest.raises(ValueError, match="does not divide the global batch 8"):
+        StepPlan.make(8, 2, micro_batch=3)
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        StepPlan.make(8, 3)
+
+
+def test_gradient_accumulation_gives_the_parameters_of_the_whole_batch(tiny_teacher, tiny_data, tmp_path):
+    """One process: batch 4 at once == two accumulated micro-batches of 2 == four of 1 (each loss divided by the
+    global batch's token count, the gradients summed)."""
+    outs = {}
+    for micro in (None, 2, 1):
+        outs[micro] = distill(TINY_DISTILL, tiny_teacher, tmp_path / f"m{micro}", data_dir=tiny_data,
+                              progress=False, micro_batch=micro)
+    seeded = weights(outs[None].with_name(f"m{None}.stages") / "seeded")
+    for micro in (2, 1):
+        for k in (1, 2, 3):
+            assert_close_weights(stage_weights(outs[None], k), stage_weights(outs[micro], k), seeded)
+        record = json.loads((outs[micro].with_name(f"m{micro}.stages") / "stage3" / "distill_state.json").read_text())
+        assert record["engine"]["accumulation"] == 4 // micro and record["engine"]["micro_batch"] == micro
+    with pytest.raises(ValueError, match="micro-batch 3 x 1 processes does not divide the global batch 4"):
+        distill(TINY_DISTILL, tiny_teacher, tmp_path / "bad", data_dir=tiny_data, progress=False, micro_batch=3)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.stages").exists()
+
+
+def _launch(tmp_path: Path, args: list[str], processes: int) -> subprocess.Popen:
+    recipe = tmp_path / "recipe.yaml"
+    if not recipe.exists():
+        recipe.write_text(yaml.safe_dump(TINY_DISTILL))
+    base = ["-m", "mmmamba_bench", "distill", "--recipe", str(recipe), "--no-progress", *args]
+    cmd = [*ACCELERATE_SCRIPT, *CPU_2, *base] if processes == 2 else [sys.executable, *base]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 the launcher and every process under it (torch's elastic agent starts the workers in their own
+    process groups, so killing the launcher's group alone leaves them running)."""
+    import psutil
+
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(family, timeout=30)
+
+
+def _finish(proc: subprocess.Popen, timeout: int = 600) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_what_one_does_and_a_killed_run_resumes_on_one(tiny_teacher, tiny_data, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m mmmamba_bench distill ... --micro-batch 2` on CPU (gloo) ==
+    one process with
+    batch 4; a two-process run killed with -9 in stage 2 resumes on ONE process and ends where the others did."""
+    one = distill(TINY_DISTILL, tiny_teacher, tmp_path / "one", data_dir=tiny_data, progress=False)
+    seeded = weights(tmp_path / "one.stages" / "seeded")
+    common = ["--teacher", str(tiny_teacher), "--data", str(tiny_data), "--micro-batch", "2"]
+    out = _finish(_launch(tmp_path, [*common, "--out", str(tmp_path / "two")], 2))
+    assert out.count(f"wrote {tmp_path / 'two'}") == 1  # rank 0 reports
+    record = json.loads((tmp_path / "two.stages" / "stage3" / "distill_state.json").read_text())
+    assert record["engine"]["processes"] == 2 and record["engine"]["accumulation"] == 1
+    for k in (1, 2, 3):
+        assert_close_weights(stage_weights(one, k), stage_weights(tmp_path / "two", k), seeded)
+
+    # kill -9 the whole two-process run once stage 2 has a checkpoint past step 1, then resume on one process
+    proc = _launch(tmp_path, [*common, "--out", str(tmp_path / "cut")], 2)
+    work = tmp_path / "cut.stages" / ".work" / "stage2"
+    deadline = time.time() + 600
+    while not any(work.glob("checkpoint-0000000[2-9]")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    kill_tree(proc)
+    assert not (tmp_path / "cut").exists()
+    out = _finish(_launch(tmp_path, [*common[:-2], "--out", str(tmp_path / "cut")], 1))
+    assert "stage 1 already finished" in out and "stage2: resuming at step" in out, out[-2000:]
+    assert_close_weights(weights(one), weights(tmp_path / "cut"), seeded)
