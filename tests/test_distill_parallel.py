@@ -24,6 +24,16 @@ from mmmamba_bench.train.distill import distill
 from mmmamba_bench.train.parallel import StepPlan
 from tests.test_distill import TINY_DISTILL
 
+# the same chain on InternVL-format data (mmmamba_bench.data.sft_synth: every kind of bad row once)
+SFT_DISTILL = {**TINY_DISTILL, "data": {"source": "internvl", "max_tiles": 1, "max_tokens": 512}}
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    from mmmamba_bench.data.sft_synth import write_sft_dataset
+
+    return write_sft_dataset(tmp_path_factory.mktemp("sft"), rows=16, seed=0, image_size=32)
+
 # the console script a user types. Two CPU processes (gloo) are `ACCELERATE_USE_CPU=true accelerate launch
 # --multi_gpu --num_processes 2`: accelerate 1.15's `--cpu --num_processes 2` starts ONE process (its simple launcher;
 # several CPU processes need mpirun), which the stage records then show as processes: 1.
@@ -84,10 +94,38 @@ def test_gradient_accumulation_gives_the_parameters_of_the_whole_batch(tiny_teac
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.stages").exists()
 
 
-def _launch(tmp_path: Path, args: list[str], processes: int) -> subprocess.Popen:
+def test_internvl_data_trains_and_every_bad_row_is_counted_once(tiny_teacher, sft_data, tmp_path, caplog):
+    """A chain on a meta JSON with every kind of bad row: the rows are skipped (logged with file:line), each
+    counted once however often the epochs meet it, and the counts land in every stage record."""
+    import logging
+    import math
+
+    from mmmamba_bench.data.sft_synth import expected_bad_rows
+    from mmmamba_bench.processor import Processor
+    from mmmamba_bench.train.sft import SFTData
+
+    epoch = len(SFTData.open(sft_data, Processor.from_pretrained(tiny_teacher, max_tiles=1), max_tokens=512))
+    steps = math.ceil(epoch / 4) + 1  # every stage reads a whole epoch and more
+    stage = {**TINY_DISTILL["stage1"], "steps": steps}
+    recipe = {**SFT_DISTILL, "stage1": stage, "stage2": stage, "stage3": stage, "checkpoint_every": 100}
+    with caplog.at_level(logging.WARNING):
+        out = distill(recipe, tiny_teacher, tmp_path / "sft", data_dir=sft_data, progress=False)
+    for k in (1, 2, 3):
+        record = json.loads((tmp_path / "sft.stages" / f"stage{k}" / "distill_state.json").read_text())
+        assert record["skipped_rows"] == expected_bad_rows(), k
+    assert "train.jsonl:" in caplog.text and "row skipped (unreadable_image)" in caplog.text
+    # the data's identity is recorded; a folder where the recipe wants InternVL data is refused before any work
+    assert json.loads((out / "distill_state.json").read_text())["data_sha256"] == SFTData.open(
+        sft_data, Processor.from_pretrained(tiny_teacher, max_tiles=1), max_tokens=512).sha256
+    with pytest.raises(ValueError, match="data.source is 'internvl'"):
+        distill(SFT_DISTILL, tiny_teacher, tmp_path / "wrong", data_dir=sft_data.parent, progress=False)
+    assert not (tmp_path / "wrong.stages").exists()
+
+
+def _launch(tmp_path: Path, args: list[str], processes: int, recipe_dict: dict = SFT_DISTILL) -> subprocess.Popen:
     recipe = tmp_path / "recipe.yaml"
     if not recipe.exists():
-        recipe.write_text(yaml.safe_dump(TINY_DISTILL))
+        recipe.write_text(yaml.safe_dump(recipe_dict))
     base = ["-m", "mmmamba_bench", "distill", "--recipe", str(recipe), "--no-progress", *args]
     cmd = [*ACCELERATE_SCRIPT, *CPU_2, *base] if processes == 2 else [sys.executable, *base]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
@@ -115,17 +153,23 @@ def _finish(proc: subprocess.Popen, timeout: int = 600) -> str:
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_train_what_one_does_and_a_killed_run_resumes_on_one(tiny_teacher, tiny_data, tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2 -m mmmamba_bench distill ... --micro-batch 2` on CPU (gloo) ==
-    one process with
-    batch 4; a two-process run killed with -9 in stage 2 resumes on ONE process and ends where the others did."""
-    one = distill(TINY_DISTILL, tiny_teacher, tmp_path / "one", data_dir=tiny_data, progress=False)
+def test_two_cpu_processes_train_what_one_does_and_a_killed_run_resumes_on_one(tiny_teacher, sft_data, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m mmmamba_bench distill ... --micro-batch 2` on CPU (gloo)
+    on InternVL-format data with bad rows == one process with batch 4; a two-process run killed with -9 in stage 2
+    resumes on ONE process, ends where the others did and counts the bad rows of both runs once."""
+    from mmmamba_bench.data.sft_synth import expected_bad_rows
+
+    one = distill(SFT_DISTILL, tiny_teacher, tmp_path / "one", data_dir=sft_data, progress=False)
     seeded = weights(tmp_path / "one.stages" / "seeded")
-    common = ["--teacher", str(tiny_teacher), "--data", str(tiny_data), "--micro-batch", "2"]
+    common = ["--teacher", str(tiny_teacher), "--data", str(sft_data), "--micro-batch", "2"]
     out = _finish(_launch(tmp_path, [*common, "--out", str(tmp_path / "two")], 2))
     assert out.count(f"wrote {tmp_path / 'two'}") == 1  # rank 0 reports
-    record = json.loads((tmp_path / "two.stages" / "stage3" / "distill_state.json").read_text())
-    assert record["engine"]["processes"] == 2 and record["engine"]["accumulation"] == 1
+    records = [json.loads((tmp_path / f"{run}.stages" / "stage3" / "distill_state.json").read_text())
+               for run in ("one", "two")]
+    assert records[1]["engine"]["processes"] == 2 and records[1]["engine"]["accumulation"] == 1
+    assert records[1]["skipped_rows"] == records[0]["skipped_rows"]  # the same rows met, each counted once
+    assert sum(records[0]["skipped_rows"].values()) >= 1
+    assert set(records[0]["skipped_rows"]) <= set(expected_bad_rows())
     for k in (1, 2, 3):
         assert_close_weights(stage_weights(one, k), stage_weights(tmp_path / "two", k), seeded)
 
@@ -141,3 +185,17 @@ def test_two_cpu_processes_train_what_one_does_and_a_killed_run_resumes_on_one(t
     out = _finish(_launch(tmp_path, [*common[:-2], "--out", str(tmp_path / "cut")], 1))
     assert "stage 1 already finished" in out and "stage2: resuming at step" in out, out[-2000:]
     assert_close_weights(weights(one), weights(tmp_path / "cut"), seeded)
+    cut = json.loads((tmp_path / "cut.stages" / "stage3" / "distill_state.json").read_text())
+    assert cut["skipped_rows"] == records[0]["skipped_rows"]
+
+
+def test_a_first_loss_outside_the_recipes_range_stops_the_stage_with_a_clear_message(tiny_teacher, tiny_data,
+                                                                                     tmp_path):
+    """first_losses: a stage whose first losses fall far outside the expected range stops (an unchained stage 3 in
+    the reference starts near 8,000 in its normalisation: reference issue #4)."""
+    recipe = {**TINY_DISTILL, "first_losses": {"steps": 2, "stage3": [0.0, 1e-9]}}
+    with pytest.raises(RuntimeError, match=r"stage3: the loss of step 0 is .* far outside the expected range "
+                                           r"\[0, 1e-09\] .*first_losses.stage3"):
+        distill(recipe, tiny_teacher, tmp_path / "out", data_dir=tiny_data, progress=False)
+    assert (tmp_path / "out.stages" / "stage2" / "distill_state.json").is_file()  # the stages before it finished
+    assert not (tmp_path / "out").exists()

@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,7 +47,8 @@ from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import Batch, Processor
 from mmmamba_bench.train.data import EncodedCache, data_sha256
 from mmmamba_bench.train.loop import RowMask, StepCallback, Trainable
-from mmmamba_bench.train.parallel import EncodedRows, LossCheck, Objective, RowSource, StepPlan, train_parallel
+from mmmamba_bench.train.parallel import (EncodedRows, LossCheck, Objective, RowSource, StepPlan, all_bad_rows,
+                                           train_parallel)
 from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, cap_distill_steps, stage_hash
 from mmmamba_bench.results import publish_dir
 from mmmamba_bench.train.state import (STATE_FILE, TrainCheckpoint, read_stage_record, weights_sha256,
@@ -255,12 +257,12 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
                                 collate=inputs.processor.collate, cfg=cfg, plan=plan,
                                 checkpoint=TrainCheckpoint(work_dir, f"{shash}:{inputs.data_sha256}"),
                                 checkpoint_every=recipe.checkpoint_every, accelerator=acc, progress=progress,
-                                callback=callback, loss_check=first_loss_check(recipe, stage, record_in))
+                                callback=callback, loss_checks=first_loss_checks(recipe, stage, record_in))
     finally:
         trainable.close()
     student.to(inputs.dtype)
     student.eval()
-    skipped = _sum_counts(acc, source.skipped())
+    skipped = dict(sorted(Counter(all_bad_rows(acc, source).values()).items()))
     if skipped:
         log.warning("stage %d: rows skipped %s (each logged with its file and line)", stage, skipped)
     record = {
@@ -287,34 +289,22 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
     return out_dir
 
 
-def first_loss_check(recipe: DistillRecipe, stage: int, record_in: dict) -> LossCheck | None:
-    """The range the first steps' losses must fall in: the recipe's ``first_losses`` for the stage, and for stage 2
-    at most 10x the loss stage 1 ended with (the same loss, continued from stage 1's weights)."""
-    ranges = recipe.first_losses
-    bounds = getattr(ranges, f"stage{stage}")
-    low, high = (bounds[0], bounds[1]) if bounds else (0.0, math.inf)
-    hint = f"The recipe's first_losses.stage{stage} is {bounds}." if bounds else ""
+def first_loss_checks(recipe: DistillRecipe, stage: int, record_in: dict) -> list[LossCheck]:
+    """The ranges the first steps' losses must fall in: the recipe's ``first_losses`` for the stage, and for stage 2
+    a first loss at most 10x the mean loss stage 1 ended with (the same loss on the same weights, before any
+    update)."""
+    checks = []
+    bounds = getattr(recipe.first_losses, f"stage{stage}")
+    if bounds:
+        checks.append(LossCheck(bounds[0], bounds[1], recipe.first_losses.steps,
+                                f"(the recipe's first_losses.stage{stage})"))
     last = record_in.get("last_losses") or []
     if stage == 2 and record_in.get("stage") == 1 and last:
-        high = min(high, 10 * max(sum(last) / len(last), 1e-12))
-        hint += (f" Stage 2 continues stage 1's loss, which ended at {sum(last) / len(last):.4g}: is the input "
-                 f"really stage 1's output of this teacher?")
-    if low == 0.0 and math.isinf(high):
-        return None
-    return LossCheck(low, high, ranges.steps, hint.strip())
-
-
-def _sum_counts(acc, counts: dict[str, int]) -> dict[str, int]:
-    """Per-reason counts summed over the processes."""
-    if acc.num_processes == 1:
-        return dict(sorted(counts.items()))
-    from accelerate.utils import gather_object
-
-    total: dict[str, int] = {}
-    for part in gather_object([counts]):
-        for k, v in part.items():
-            total[k] = total.get(k, 0) + int(v)
-    return dict(sorted(total.items()))
+        end = sum(last) / len(last)
+        checks.append(LossCheck(0.0, 10 * end, 1, f"Stage 2 starts from stage 1's weights with stage 1's loss, "
+                                                  f"which ended at {end:.4g}: is the input really stage 1's output "
+                                                  f"of this teacher?"))
+    return checks
 
 
 def _is_deepspeed(acc) -> bool:

@@ -46,7 +46,9 @@ class RowSource(Protocol):
 
     def encode(self, row: int) -> Encoded | None: ...  # None: a row the source skips (counted by the source)
 
-    def skipped(self) -> dict[str, int]: ...  # rows skipped so far in this process, by reason
+    def bad_rows(self) -> dict[int, str]: ...  # row id -> reason of the rows skipped so far in this process
+
+    def note_bad(self, rows: dict[int, str]) -> None: ...  # rows known bad (other processes, before a resume)
 
 
 class EncodedRows:
@@ -73,8 +75,12 @@ class EncodedRows:
     def encode(self, row: int) -> Encoded | None:
         return self.items[row]
 
-    def skipped(self) -> dict[str, int]:
+    def bad_rows(self) -> dict[int, str]:
         return {}
+
+    def note_bad(self, rows: dict[int, str]) -> None:
+        if rows:
+            raise ValueError(f"in-memory training examples have no bad rows, but {len(rows)} were noted")
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,7 @@ class LossCheck:
 def train_parallel(*, name: str, trainable: Trainable, objective: Objective, source: RowSource,
                    collate: Callable[[list[Encoded]], Batch], cfg: OptimConfig, plan: StepPlan,
                    checkpoint: TrainCheckpoint, checkpoint_every: int, accelerator, progress: bool = True,
-                   callback: StepCallback | None = None, loss_check: LossCheck | None = None) -> list[float]:
+                   callback: StepCallback | None = None, loss_checks: Sequence[LossCheck] = ()) -> list[float]:
     """Run (or resume) ``cfg.steps`` optimizer steps; returns the global losses of the steps run in this call.
 
     ``accelerator``: an ``accelerate.Accelerator`` (one process or several; DDP or DeepSpeed). Every process calls
@@ -174,6 +180,7 @@ def train_parallel(*, name: str, trainable: Trainable, objective: Objective, sou
         optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])
         start = int(payload["step"])
+        source.note_bad({int(r): why for r, why in (payload["data_position"] or {}).get("bad_rows", {}).items()})
         log.info("%s: resuming at step %d of %d from %s", name, start, cfg.steps, checkpoint.path)
     if deepspeed:
         _configure_deepspeed(accelerator, plan, cfg)
@@ -187,12 +194,20 @@ def train_parallel(*, name: str, trainable: Trainable, objective: Objective, sou
 
     def save(step: int) -> None:
         state = _full_optimizer_state(optimizer, deepspeed)
+        bad = all_bad_rows(accelerator, source)  # every process takes part
         if accelerator.is_main_process:
             checkpoint.save({"step": step, "params": {n: p.detach().cpu().clone() for n, p in
                                                       trainable.params.items()},
                              "optimizer": state, "rng": rng_state(),
-                             "data_position": {"rows_read": step * plan.global_batch}})
+                             "data_position": {"rows_read": step * plan.global_batch,
+                                               "bad_rows": {str(r): why for r, why in sorted(bad.items())}}})
         accelerator.wait_for_everyone()
+
+    def _after_step(done: int, value: float = math.nan) -> None:
+        if done % checkpoint_every == 0 or done == cfg.steps:
+            save(done)
+        if callback is not None:
+            callback(done, value)
 
     losses: list[float] = []
     bar = tqdm(range(start, cfg.steps), desc=name, initial=start, total=cfg.steps,
@@ -205,8 +220,11 @@ def train_parallel(*, name: str, trainable: Trainable, objective: Objective, sou
                   if e is not None] for m in range(A)]
         denominator = accelerator.reduce(torch.tensor(float(sum(real_tokens(m) for m in micro)), device=device),
                                          "sum")
-        if float(denominator) == 0:
-            raise RuntimeError(f"{name}: every row of the step-{step} batch was skipped (see the warnings)")
+        if float(denominator) == 0:  # every row of the global batch was bad: no update, the schedule moves on
+            log.warning("%s: every row of the step-%d batch was skipped (see the warnings): no update this step",
+                        name, step)
+            _after_step(step + 1)
+            continue
         local = torch.zeros((), device=device)
         for m, items in enumerate(micro):
             batch = collate(items).to(device) if items else None
@@ -221,24 +239,34 @@ def train_parallel(*, name: str, trainable: Trainable, objective: Objective, sou
         value = float(accelerator.reduce(local, "sum"))  # the global batch's per-token mean
         if not math.isfinite(value):
             raise RuntimeError(f"{name}: non-finite loss {value} at step {step}")
-        if loss_check is not None and step < loss_check.steps and not loss_check.low <= value <= loss_check.high:
-            raise RuntimeError(f"{name}: the loss of step {step} is {value:.4g}, far outside the expected range "
-                               f"[{loss_check.low:g}, {loss_check.high:g}] for the first {loss_check.steps} steps "
-                               f"of this stage. {loss_check.hint}")
+        for check in loss_checks:
+            if step < check.steps and not check.low <= value <= check.high:
+                raise RuntimeError(f"{name}: the loss of step {step} is {value:.4g}, far outside the expected range "
+                                   f"[{check.low:.4g}, {check.high:.4g}] for the first {check.steps} step(s) of this "
+                                   f"stage. {check.hint}")
         losses.append(value)
         bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2e}",
                         **({} if gnorm is None else {"gnorm": f"{float(gnorm):.3g}"}))
-        done = step + 1
-        if done % checkpoint_every == 0 or done == cfg.steps:
-            save(done)
-        if callback is not None:
-            callback(done, value)
+        _after_step(step + 1, value)
     bar.close()
     if losses:
         log.info("%s: steps %d-%d, loss %.4g -> %.4g (mean of last 10: %.4g)", name, start, cfg.steps,
                  losses[0], losses[-1], sum(losses[-10:]) / len(losses[-10:]))
     accelerator.free_memory()  # releases the engine (DeepSpeed) so the next stage can prepare its own
     return losses
+
+
+def all_bad_rows(accelerator, source: RowSource) -> dict[int, str]:
+    """The rows every process has skipped so far (row id -> reason; a row met by two processes counts once)."""
+    mine = source.bad_rows()
+    if accelerator.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+
+    out: dict[int, str] = {}
+    for part in gather_object([mine]):
+        out.update(part)
+    return out
 
 
 def _is_deepspeed(accelerator) -> bool:

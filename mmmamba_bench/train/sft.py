@@ -383,3 +383,11 @@ class SFTData:
         """How many distinct rows were found bad so far in this process, per reason (each DataLoader worker counts
         its own)."""
         return dict(Counter(self._bad.values()))
+
+    def bad_rows(self) -> dict[int, str]:
+        """Row id -> reason of every row found bad so far in this process (or noted with :meth:`note_bad`)."""
+        return dict(self._bad)
+
+    def note_bad(self, rows: dict[int, str]) -> None:
+        """Rows known to be bad (found by another process, or before a resume): skipped without reading them again."""
+        self._bad.update({int(r): str(reason) for r, reason in rows.items()})
