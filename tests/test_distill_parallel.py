@@ -199,3 +199,16 @@ def test_a_first_loss_outside_the_recipes_range_stops_the_stage_with_a_clear_mes
         distill(recipe, tiny_teacher, tmp_path / "out", data_dir=tiny_data, progress=False)
     assert (tmp_path / "out.stages" / "stage2" / "distill_state.json").is_file()  # the stages before it finished
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["linear", "hybrid"])
+def test_the_paper_recipes_read_internvl_data_in_bf16_and_split_over_1_to_8_gpus(kind):
+    from mmmamba_bench.assets import recipes_dir
+    from mmmamba_bench.train.recipe import DistillRecipe, load_recipe
+
+    recipe = load_recipe(recipes_dir() / f"mmmamba-{kind}.yaml", DistillRecipe)
+    assert (recipe.data.source, recipe.data.max_tokens, recipe.dtype) == ("internvl", 8192, "bfloat16")
+    assert [recipe.stage(k).batch_size for k in (1, 2, 3)] == [128, 128, 64]
+    for gpus in (1, 2, 4, 8):
+        plans = [StepPlan.make(recipe.stage(k).batch_size, gpus, recipe.micro_batch_size) for k in (1, 2, 3)]
+        assert [p.accumulation * gpus for p in plans] == [128, 128, 64]  # micro-batch 1

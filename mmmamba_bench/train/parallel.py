@@ -169,36 +169,45 @@ def train_parallel(*, name: str, trainable: Trainable, objective: Objective, sou
     params = list(trainable.params.values())
     optimizer = make_optimizer(trainable, cfg)
     start = 0
-    if checkpoint.exists():
-        payload = checkpoint.load()
-        with torch.no_grad():
-            missing = sorted(set(trainable.params) - set(payload["params"]))
-            if missing:
-                raise RuntimeError(f"{checkpoint.path}: no saved value for trainable {missing[:4]}")
-            for n, p in trainable.params.items():
-                p.copy_(payload["params"][n])
-        optimizer.load_state_dict(payload["optimizer"])
+    payload = checkpoint.load() if checkpoint.exists() else None
+    if payload is not None:
+        missing = sorted(set(trainable.params) - set(payload["params"]))
+        if missing:
+            raise RuntimeError(f"{checkpoint.path}: no saved value for trainable {missing[:4]}")
+        if not deepspeed:  # DeepSpeed: into its partitions once it has made them (below)
+            with torch.no_grad():
+                for n, p in trainable.params.items():
+                    p.copy_(payload["params"][n])
+            optimizer.load_state_dict(payload["optimizer"])
+    if deepspeed:
+        _configure_deepspeed(accelerator, plan, cfg)
+    model, optimizer = accelerator.prepare(objective, optimizer)
+    if payload is not None:
+        if deepspeed:
+            from mmmamba_bench.train.zero import load_full_state
+
+            load_full_state(optimizer, trainable.params, payload["params"], payload["optimizer"])
         set_rng_state(payload["rng"])
         start = int(payload["step"])
         source.note_bad({int(r): why for r, why in (payload["data_position"] or {}).get("bad_rows", {}).items()})
         log.info("%s: resuming at step %d of %d from %s", name, start, cfg.steps, checkpoint.path)
-    if deepspeed:
-        _configure_deepspeed(accelerator, plan, cfg)
-    model, optimizer = accelerator.prepare(objective, optimizer)
-    if deepspeed and start:
-        raise NotImplementedError("resuming under DeepSpeed is not supported yet: resume with plain DDP "
-                                  "(the checkpoint does not depend on the engine)")
     P, rank, A = plan.processes, accelerator.process_index, plan.accumulation
-    scale = P * (A if deepspeed else 1)  # DDP averages over P; DeepSpeed also divides by its accumulation steps
+    # gradients are averaged over the P processes, and accelerate (DDP) or DeepSpeed divide each loss by their
+    # accumulation steps: undo both, the losses are already normalised by the whole global batch
+    scale = P * accelerator.gradient_accumulation_steps
     device = accelerator.device
 
     def save(step: int) -> None:
-        state = _full_optimizer_state(optimizer, deepspeed)
+        if deepspeed:  # the fp32 master weights and AdamW moments, gathered from ZeRO's partitions
+            from mmmamba_bench.train.zero import full_state
+
+            weights, state = full_state(optimizer, trainable.params)
+        else:
+            weights = {n: p.detach().cpu().clone() for n, p in trainable.params.items()}
+            state = optimizer.state_dict()
         bad = all_bad_rows(accelerator, source)  # every process takes part
         if accelerator.is_main_process:
-            checkpoint.save({"step": step, "params": {n: p.detach().cpu().clone() for n, p in
-                                                      trainable.params.items()},
-                             "optimizer": state, "rng": rng_state(),
+            checkpoint.save({"step": step, "params": weights, "optimizer": state, "rng": rng_state(),
                              "data_position": {"rows_read": step * plan.global_batch,
                                                "bad_rows": {str(r): why for r, why in sorted(bad.items())}}})
         accelerator.wait_for_everyone()
@@ -228,11 +237,13 @@ def train_parallel(*, name: str, trainable: Trainable, objective: Objective, sou
         local = torch.zeros((), device=device)
         for m, items in enumerate(micro):
             batch = collate(items).to(device) if items else None
-            sync = contextlib.nullcontext() if (m == A - 1 or deepspeed) else accelerator.no_sync(model)
-            with sync:
+            last = m == A - 1
+            accelerator.sync_gradients = last  # DeepSpeed: the accumulation boundary (it steps only there)
+            with contextlib.nullcontext() if (last or deepspeed) else accelerator.no_sync(model):
                 loss = model(batch, denominator)
                 accelerator.backward(loss * scale)
             local = local + loss.detach().float()
+        accelerator.sync_gradients = True
         gnorm = accelerator.clip_grad_norm_(params, cfg.grad_clip) if not deepspeed else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -282,11 +293,3 @@ def _configure_deepspeed(accelerator, plan: StepPlan, cfg: OptimConfig) -> None:
     ds["gradient_accumulation_steps"] = plan.accumulation
     ds["train_batch_size"] = plan.global_batch
     ds["gradient_clipping"] = cfg.grad_clip
-
-
-def _full_optimizer_state(optimizer, deepspeed: bool) -> dict:
-    """The optimizer's complete state (DDP: every process holds all of it)."""
-    if deepspeed:
-        raise NotImplementedError("checkpoints under DeepSpeed ZeRO are not written yet (the optimizer state is "
-                                  "partitioned over the processes); train with plain DDP to checkpoint")
-    return optimizer.state_dict()
