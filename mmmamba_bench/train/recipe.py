@@ -296,16 +296,25 @@ EXECUTION_FIELDS = ("eval", "threads", "device", "checkpoint_every", "first_loss
                     "gradient_checkpointing", "ssd_backend")
 
 
+def _hashed(recipe) -> dict[str, Any]:
+    """The recipe as a dict without :data:`EXECUTION_FIELDS` and without settings that cannot apply (``data.max_tokens``
+    of mini-suite data), so the hashes of recipes written before such a setting existed stay what they were."""
+    payload = {k: v for k, v in asdict(recipe).items() if k not in EXECUTION_FIELDS}
+    data = payload.get("data")
+    if isinstance(data, dict) and data.get("source") == "minisuite":
+        payload["data"] = {k: v for k, v in data.items() if k != "max_tokens"}
+    return payload
+
+
 def recipe_hash(recipe) -> str:
     """sha256 of the recipe's canonical JSON without :data:`EXECUTION_FIELDS` (what the teacher's record and resume
     checks compare)."""
-    payload = {k: v for k, v in asdict(recipe).items() if k not in EXECUTION_FIELDS}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_hashed(recipe), sort_keys=True).encode()).hexdigest()
 
 
 def stage_hash(recipe: DistillRecipe, stage: int) -> str:
     """sha256 of what determines one stage's result: its own settings plus the shared ones."""
-    shared = {k: v for k, v in asdict(recipe).items() if not k.startswith("stage") and k not in EXECUTION_FIELDS}
+    shared = {k: v for k, v in _hashed(recipe).items() if not k.startswith("stage")}
     payload = {"shared": shared, "stage": stage, "config": asdict(recipe.stage(stage))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
