@@ -10,10 +10,16 @@ Two sources, and every result says which (:attr:`Cost.label`: ``"measured (NVIDI
   :data:`GPUS`, with the profiler's own arithmetic (:func:`mmmamba_bench.profiler.floor.step_bytes` /
   :func:`~mmmamba_bench.profiler.floor.floor_ms`): the bytes a step must move (every weight once, the Mamba-2 states
   read and written, the KV cache read) divided by the GPU's bandwidth, for bf16 weights with the cache holding the
-  context's tokens. It is a lower bound: real steps reach 1.03-1.3x of it on the lent H100 / H200 for the 2.7B
-  models (README), far more for tiny models, whose steps are launch-bound. Memory is the bf16 weights plus the
-  fixed-shape decode cache the decoder allocates for the context (:class:`mmmamba_bench.model.cache.InferenceCache`),
-  activations left out; a context whose memory exceeds the GPU's is marked ``"oom"``.
+  context's tokens. It is a lower bound, and the decode of a tiny model is launch-bound far above it. Memory is the
+  bf16 weights plus the fixed-shape decode cache the decoder allocates for the context
+  (:class:`mmmamba_bench.model.cache.InferenceCache`), activations left out; a context whose memory exceeds the
+  GPU's is marked ``"oom"``.
+
+  Calibration on the lent H200 (2026-12-02, random weights of the real shapes, 20 timed steps): measured / modelled
+  (``h200-measured``) decode ms at 1K and 16K tokens: mmMamba-linear 1.489 / 1.166 and 1.495 / 1.166, hybrid
+  1.492 / 1.153 and 1.690 / 1.277, HoVLE 1.529 / 1.116 and 2.316 / 1.611 (1.28-1.44x); allocator peak / modelled
+  memory 5.42 / 5.14 GiB (linear, 1K) to 7.84 / 6.86 GiB (HoVLE, 16K): the measured peak adds the prefill's
+  activations.
 
 The GPU table holds nominal spec-sheet numbers (bandwidth in decimal TB/s; memory as the spec sheets print it, "80
 GB", which is binary: an RTX 4090 reports 24,564 MiB), plus one measured bandwidth, the H200's device-to-device copy
@@ -143,9 +149,10 @@ def modelled_cost(config: ChatConfig, contexts: Sequence[int], gpu: GpuSpec, dty
 # ---- measured ----------------------------------------------------------------------------------------------------
 
 def measured_cost(model_dir: Path, contexts: Sequence[int], profile_file: Path, *, steps: int = 20, warmup: int = 5,
-                  device: str = "cuda") -> Cost:
+                  device: str = "cuda", impl: str = "auto") -> Cost:
     """``mmmamba-bench profile`` (optimised decode, bf16) of ``model_dir`` on the current GPU; its rows are kept in
-    ``profile_file`` (written under a temporary name, renamed when every context is done)."""
+    ``profile_file`` (written under a temporary name, renamed when every context is done). ``impl``: the decode
+    step's kernels (``profile --impl``: auto / triton / torch); each row's ``detail["path"]`` says which ran."""
     import torch
 
     from mmmamba_bench.profiler.commands import run_profile
@@ -156,7 +163,7 @@ def measured_cost(model_dir: Path, contexts: Sequence[int], profile_file: Path, 
         raise ValueError("--cost measured needs a CUDA GPU (none is visible here); use --cost modelled --gpu NAME")
     partial = profile_file.with_name(f".{profile_file.name}.partial")
     rows = run_profile([str(model_dir)], list(contexts), ["optimized"], partial, dev, torch.bfloat16, steps=steps,
-                       warmup=warmup)
+                       warmup=warmup, impl=impl)
     partial.replace(profile_file)
     out = [CostRow(r.context, r.decode_ms_per_token, peak_bytes(r), r.status, r.bytes_per_step, r.floor_ms,
                    {"path": r.path, "nvml_used_bytes": r.nvml_used_bytes, "error": r.error,
