@@ -326,8 +326,97 @@ def _cmd_regress(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="compare configurations (layouts, the paper's Tables 3-6): distil, evaluate with "
+                       "per-sample logs and cost each, then a report with intervals, Pareto fronts and verdicts on "
+                       "the paper's orderings; resumable")
+    p.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint directory (or a model card)")
+    p.add_argument("--layouts", nargs="+", default=None, metavar="LAYOUT",
+                   help="layouts to compare (as `convert --layout`); with --preset paper-table3/-table4: their base "
+                        "layout (default linear)")
+    p.add_argument("--preset", default=None, choices=("paper-table3", "paper-table4", "paper-table5", "paper-table6"),
+                   help="the paper's ablation scaled to the teacher's depth: table3 stage subsets, table4 init, "
+                        "table5 0/1/2/4/8/all attention layers, table6 placements of K attention layers")
+    p.add_argument("--attention-layers", type=POSITIVE_INT, default=None,
+                   help="paper-table6: the K attention layers to place (default: round(layers / 4), the paper's 8 of "
+                        "32)")
+    p.add_argument("--recipe", required=True, type=Path, help="distillation recipe YAML (its layout / init are set "
+                   "per configuration)")
+    p.add_argument("--tasks", required=True, help="lmms-eval tasks: 'mini', 'paper', or a comma list")
+    p.add_argument("--out", required=True, type=Path, help="sweep folder (resumes if rerun with the same settings)")
+    p.add_argument("--contexts", default="1k,16k,103k", help="context lengths for the cost, K = 1024 tokens "
+                                                             "(default 1k,16k,103k)")
+    p.add_argument("--report-context", default=None, help="the context of the report's cost columns and plots "
+                                                          "(default 103k if swept, else the largest)")
+    p.add_argument("--cost", default="auto", choices=("auto", "measured", "modelled"),
+                   help="auto: measured with the profiler on a CUDA GPU, modelled (bandwidth floor) otherwise")
+    p.add_argument("--gpu", default=None, choices=("h100", "h200", "h200-measured", "rtx4090"),
+                   help="the GPU of a modelled cost (default rtx4090, the paper's Fig. 1 GPU; h200-measured: the "
+                        "copy bandwidth measured on the lent H200)")
+    p.add_argument("--profile-impl", default="auto", choices=("auto", "triton", "torch"),
+                   help="measured cost: the decode step's kernels (as `profile --impl`)")
+    p.add_argument("--max-steps", type=POSITIVE_INT, default=None, help="cap every distillation stage's steps")
+    p.add_argument("--data", type=Path, default=None, help="training data (as `distill --data`; default "
+                                                           "tasks/mini/data)")
+    p.add_argument("--image-root", type=Path, default=None, help="as `distill --image-root`")
+    p.add_argument("--mini-data", type=Path, default=None,
+                   help="the mini-suite the mini tasks are scored on (default: --data for mini-suite recipes, else "
+                        "tasks/mini/data)")
+    p.add_argument("--data-dir", type=Path, default=None, help="local copies of the real benchmarks (as `eval "
+                                                               "--data-dir`)")
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="documents per task (whole scoring clusters)")
+    p.add_argument("--device", default=None, help="cpu / cuda for distillation and evaluation (default: the "
+                                                  "recipe's device; evaluation: cuda if available)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="evaluation batch size")
+    p.add_argument("--resamples", type=_number(int, 1000, "at least 1000"), default=2000,
+                   help="bootstrap resamples for the intervals (default 2000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from mmmamba_bench.cards import resolve_model
+    from mmmamba_bench.config import ChatConfig
+    from mmmamba_bench.profiler.floor import parse_context, parse_contexts
+    from mmmamba_bench.sweep.configs import configs_from_layouts, expand_preset
+    from mmmamba_bench.sweep.runner import SweepSettings, run_sweep
+
+    if args.preset is None and not args.layouts:
+        raise ValueError("give --layouts L1 L2 ... or --preset")
+    if args.attention_layers is not None and args.preset != "paper-table6":
+        raise ValueError("--attention-layers goes with --preset paper-table6")
+    if args.preset in ("paper-table3", "paper-table4") and args.layouts and len(args.layouts) > 1:
+        raise ValueError(f"--preset {args.preset} takes one base layout in --layouts, got {len(args.layouts)}")
+    try:
+        teacher = resolve_model(str(args.teacher))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--teacher: {exc}") from None
+    if not (teacher / "config.json").is_file():
+        raise FileNotFoundError(f"--teacher {args.teacher}: no config.json (not a checkpoint directory)")
+    layers = ChatConfig.from_json_file(teacher / "config.json").num_layers
+    if args.preset is not None:
+        configs = expand_preset(args.preset, layers, attention_layers=args.attention_layers,
+                                base_layout=args.layouts[0] if args.layouts else None)
+    else:
+        configs = configs_from_layouts(args.layouts, layers)
+    try:
+        contexts = tuple(parse_contexts(args.contexts))
+        report_context = parse_context(args.report_context) if args.report_context else None
+    except ValueError as exc:
+        raise ValueError(f"--contexts / --report-context: {exc}") from None
+    settings = SweepSettings(teacher=teacher, recipe=args.recipe, tasks=args.tasks, contexts=contexts,
+                             report_context=report_context, cost=args.cost, gpu=args.gpu, max_steps=args.max_steps,
+                             data=args.data, image_root=args.image_root, mini_data=args.mini_data,
+                             data_dir=args.data_dir, limit=args.limit, device=args.device, batch_size=args.batch_size,
+                             resamples=args.resamples, profile_impl=args.profile_impl,
+                             progress=not args.no_progress)
+    report = run_sweep(configs, settings, args.out)
+    print(f"wrote {report}")
+    return 0
+
+
 _SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo, _add_train_teacher, _add_distill,
-                _add_profile, _add_speed, _add_regress]
+                _add_profile, _add_speed, _add_regress, _add_sweep]
 
 
 def main(argv: list[str] | None = None) -> int:
