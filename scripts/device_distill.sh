@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The distillation throughput benchmark on the lent H200 (issue 11): ONE device command, run from the repository
+# root with the wheels of scripts/device_wheels.sh carried along (device tool: carry [".whl"]):
+#
+#   bash scripts/device_distill.sh
+#
+# Phases, each under its own time limit so the whole ends within ~8.7 minutes (whatever a phase wrote before its
+# limit is kept; the benchmarks write their JSON after every case and start no case past their --budget-s):
+#   0. install .whl/ into /tmp/site; GPU, driver and package versions       -> $OUT/env.txt
+#   1. the batched-decode GPU tests (tests/test_batched_decode_gpu.py)      -> $OUT/gpu_tests_batched.log
+#   2. scripts/bench_distill.py, one process (plain accelerate)            -> $OUT/bench_distill_plain.{json,log}
+#   3. the same under accelerate launch + DeepSpeed ZeRO-2, one process     -> $OUT/bench_distill_zero2.{json,log}
+#   4. both tables (bench_distill.py --summarize)
+# mamba-ssm's Triton kernels run in deterministic mode (MAMBA_DETERMINISTIC=1: one configuration per kernel, no
+# autotuning sweep, which could take minutes); the JSON records it. Set MAMBA_DETERMINISTIC=0 for the autotuned
+# kernels (TRITON_CACHE_AUTOTUNING=1 lets the DeepSpeed run reuse the plain run's tuning).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MAMBA_DETERMINISTIC=${MAMBA_DETERMINISTIC:-1} TRITON_CACHE_AUTOTUNING=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # keep NVLink multicast off
+t0=$SECONDS
+stamp() { echo "[$(date +%H:%M:%S) +$((SECONDS - t0))s] $*"; }
+progress() { grep --line-buffered -E '^\[|^ *stage|^ +[0-9]+ +[0-9]+ |^paper|^wrote|^bench_distill:|Error|error:'; }
+
+stamp "installing the carried wheels into /tmp/site"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { stamp "wheel install failed (are the wheels carried? carry: [\".whl\"])"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD
+{
+  nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.mem,driver_version --format=csv
+  python3 - <<'EOF'
+import importlib.metadata as md
+import platform
+
+
+def version(name):
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+names = ("torch", "triton", "accelerate", "deepspeed", "mamba-ssm", "fla-core", "pydantic", "pydantic-core",
+         "typing-extensions", "einops", "transformers")
+print("python", platform.python_version(), {n: version(n) for n in names})
+EOF
+} 2>&1 | tee "$OUT/env.txt"
+
+stamp "1/3 GPU tests: tests/test_batched_decode_gpu.py"
+timeout 150 python3 -m pytest -q -m gpu tests/test_batched_decode_gpu.py 2>&1 | tee "$OUT/gpu_tests_batched.log" | tail -4
+
+stamp "2/3 distillation benchmark, one process (plain)"
+timeout 200 python3 scripts/bench_distill.py --budget-s 150 --out "$OUT/bench_distill_plain.json" 2>&1 \
+  | tee "$OUT/bench_distill_plain.log" | progress
+
+stamp "3/3 distillation benchmark, accelerate launch + DeepSpeed ZeRO-2"
+timeout 150 python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no \
+  --use_deepspeed --deepspeed_config_file distill/zero2.json --mixed_precision bf16 \
+  scripts/bench_distill.py --budget-s 100 --out "$OUT/bench_distill_zero2.json" 2>&1 \
+  | tee "$OUT/bench_distill_zero2.log" | progress
+
+stamp "summary"
+python3 scripts/bench_distill.py --summarize "$OUT"/bench_distill_plain.json "$OUT"/bench_distill_zero2.json 2>&1
+stamp "done"
