@@ -223,10 +223,12 @@ def _verdict_section(judged: Sequence[Judgement]) -> list[str]:
         return out + ["_No two configurations stand for rows of one of the paper's Tables 3-6: no ordering to judge._",
                       ""]
     conf = judged[0].confidence
+    level = ("95% interval" if len(judged) == 1 else
+             f"{100 * conf:.2f}% intervals, 95% jointly over the {len(judged)} orderings (Bonferroni)")
     how = (f"Verdict from the interval of the paired difference (paper's better minus paper's worse; our quality on "
-           f"the same documents, the same clusters drawn for both; {100 * conf:.2f}% intervals: 95% jointly over the "
-           f"{len(judged)} orderings, Bonferroni): **holds** when the whole interval is above 0, **reversed** when "
-           f"below, **not resolved: intervals overlap** otherwise (no ordering is claimed).")
+           f"the same documents, the same clusters drawn for both; {level}): **holds** when the whole interval is "
+           f"above 0, **reversed** when below, **not resolved: intervals overlap** otherwise (no ordering is "
+           f"claimed).")
     head = ("| paper ordering | paper (mean POPE / TQA / SQA-I) | ours: better | ours: worse | difference [interval] "
             "| verdict |")
     out += [how, "", head, "|---|---|---|---|---|---|"]

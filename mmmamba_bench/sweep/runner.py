@@ -115,7 +115,7 @@ def prepare(configs: Sequence[SweepConfig], settings: SweepSettings) -> SweepPla
     from mmmamba_bench.config import ChatConfig
     from mmmamba_bench.eval.tasks import check_tasks, cluster_limit
     from mmmamba_bench.sweep.cost import gpu_spec, resolve_mode
-    from mmmamba_bench.sweep.quality import check_quality_tasks
+    from mmmamba_bench.sweep.quality import aggregations, check_quality_tasks, column_values
     from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, cap_distill_steps, recipe_hash
     from mmmamba_bench.train.state import weights_sha256
 
@@ -179,6 +179,7 @@ def prepare(configs: Sequence[SweepConfig], settings: SweepSettings) -> SweepPla
             minisuite.ensure_suite(mini_dir)  # as `mmmamba-bench eval` would on its first use
     preflight.check(needs, checkpoints=[teacher])
     check_tasks(tasks, settings.data_dir, mini_data_dir=mini)
+    column_values(check_quality_tasks(tasks), aggregations(tasks))  # the report can score every task from samples
     plan = SweepPlan(settings, recipe, teacher_config, weights_sha256(teacher), tasks, mini, mode, gpu,
                      report_context)
     plan.identity = {
