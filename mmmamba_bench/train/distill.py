@@ -393,8 +393,10 @@ def make_accelerator(recipe: DistillRecipe, device: str | None = None):
 
     device = device or recipe.device
     mixed = "bf16" if recipe.dtype == "bfloat16" else "no"
+    # `accelerate launch --use_deepspeed` on a CPU (DS_ACCELERATOR=cpu): cpu=True would quietly run plain processes
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     # the frozen-row copies (KeepRows buffers) are equal on every process: no need to broadcast them each step
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed,
+    return Accelerator(cpu=device == "cpu" and not deepspeed, mixed_precision=mixed,
                        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
 
 
