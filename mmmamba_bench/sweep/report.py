@@ -71,7 +71,7 @@ def collect(configs: Sequence[SweepConfig], plan, out: Path) -> tuple[list[Confi
     import json
 
     from mmmamba_bench.sweep.quality import aggregations, check_quality_tasks, load_samples, quality
-    from mmmamba_bench.sweep.runner import config_paths, read_done, results_file
+    from mmmamba_bench.sweep.paths import config_paths, read_done, results_file
 
     columns = check_quality_tasks(plan.tasks)
     aggs = aggregations(plan.tasks)

@@ -42,6 +42,7 @@ from typing import Any
 from mmmamba_bench.results import write_json_atomic
 from mmmamba_bench.sweep.configs import SweepConfig, check_names
 from mmmamba_bench.sweep.cost import MEASURED, MODELLED, GpuSpec
+from mmmamba_bench.sweep.paths import ConfigPaths, config_paths, read_done, results_file
 
 log = logging.getLogger(__name__)
 
@@ -241,59 +242,12 @@ def _recipe_source(recipe: Any) -> str:
 
 # ---- one configuration ------------------------------------------------------------------------------------------
 
-@dataclass
-class ConfigPaths:
-    folder: Path
-
-    @property
-    def config(self) -> Path:
-        return self.folder / "config.json"
-
-    @property
-    def model(self) -> Path:
-        return self.folder / "model"
-
-    @property
-    def eval(self) -> Path:
-        return self.folder / "eval"
-
-    @property
-    def cost(self) -> Path:
-        return self.folder / "cost.json"
-
-    @property
-    def profile(self) -> Path:
-        return self.folder / "profile.json"
-
-    @property
-    def timings(self) -> Path:
-        return self.folder / "timings.json"
-
-    @property
-    def done(self) -> Path:
-        return self.folder / "done.json"
-
-
-def config_paths(out: Path, cfg: SweepConfig) -> ConfigPaths:
-    return ConfigPaths(Path(out) / "configs" / cfg.name)
-
-
-def results_file(eval_folder: Path, label: str) -> Path | None:
-    """The newest ``*_results.json`` of an evaluation (written last by ``run_eval``), or None."""
-    found = sorted((eval_folder / label).glob("*_results.json"))
-    return found[-1] if found else None
-
-
 def _rel(path: Path, out: Path) -> str:
     """``path`` relative to the sweep folder when inside it (a sweep folder may move), else as it is."""
     try:
         return str(Path(path).resolve().relative_to(Path(out).resolve()))
     except ValueError:
         return str(path)
-
-
-def read_done(paths: ConfigPaths) -> dict[str, Any] | None:
-    return json.loads(paths.done.read_text()) if paths.done.is_file() else None
 
 
 def _pin_config(paths: ConfigPaths, cfg: SweepConfig, plan: SweepPlan) -> str:
