@@ -2,7 +2,8 @@
 # The distillation throughput benchmark on the lent H200 (issue 11): ONE device command, run from the repository
 # root with the wheels of scripts/device_wheels.sh carried along (device tool: carry [".whl"]):
 #
-#   bash scripts/device_distill.sh
+#   bash scripts/device_distill.sh bench   # the benchmark, plain and ZeRO-2 (~8 min)
+#   bash scripts/device_distill.sh tests   # the GPU tests of batched decode, the SSD scans and ZeRO-2 resume (~8 min)
 #
 # Phases, each under its own time limit so the whole ends within ~8.7 minutes (whatever a phase wrote before its
 # limit is kept; the benchmarks write their JSON after every case and start no case past their --budget-s):
@@ -47,19 +48,27 @@ print("python", platform.python_version(), {n: version(n) for n in names})
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
-stamp "1/3 GPU tests: tests/test_batched_decode_gpu.py"
-timeout 150 python3 -m pytest -q -m gpu tests/test_batched_decode_gpu.py 2>&1 | tee "$OUT/gpu_tests_batched.log" | tail -4
+phase=${1:-bench}
+if [ "$phase" = tests ]; then
+  stamp "tests 1/3: tests/test_batched_decode_gpu.py"
+  timeout 170 python3 -m pytest -q -m gpu tests/test_batched_decode_gpu.py 2>&1 | tee "$OUT/gpu_tests_batched.log" | tail -4
+  stamp "tests 2/3: SSD kernel backends, forward and backward (tests/test_kernels_gpu.py -k ssd)"
+  timeout 100 python3 -m pytest -q -m gpu tests/test_kernels_gpu.py -k "ssd or backward" 2>&1 \
+    | tee "$OUT/gpu_tests_kernels.log" | tail -4
+  stamp "tests 3/3: bf16 + DeepSpeed ZeRO-2 distillation, kill and resume (tests/test_distill_gpu.py)"
+  timeout 240 python3 -m pytest -q -s -m gpu tests/test_distill_gpu.py 2>&1 | tee "$OUT/gpu_tests_distill.log" | tail -8
+else
+  stamp "bench 1/2: distillation benchmark, one process (plain)"
+  timeout 270 python3 scripts/bench_distill.py --budget-s 200 --out "$OUT/bench_distill_plain.json" 2>&1 \
+    | tee "$OUT/bench_distill_plain.log" | progress
 
-stamp "2/3 distillation benchmark, one process (plain)"
-timeout 200 python3 scripts/bench_distill.py --budget-s 150 --out "$OUT/bench_distill_plain.json" 2>&1 \
-  | tee "$OUT/bench_distill_plain.log" | progress
+  stamp "bench 2/2: distillation benchmark, accelerate launch + DeepSpeed ZeRO-2"
+  timeout 200 python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no \
+    --use_deepspeed --deepspeed_config_file distill/zero2.json --mixed_precision bf16 \
+    scripts/bench_distill.py --budget-s 130 --out "$OUT/bench_distill_zero2.json" 2>&1 \
+    | tee "$OUT/bench_distill_zero2.log" | progress
 
-stamp "3/3 distillation benchmark, accelerate launch + DeepSpeed ZeRO-2"
-timeout 150 python3 -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no \
-  --use_deepspeed --deepspeed_config_file distill/zero2.json --mixed_precision bf16 \
-  scripts/bench_distill.py --budget-s 100 --out "$OUT/bench_distill_zero2.json" 2>&1 \
-  | tee "$OUT/bench_distill_zero2.log" | progress
-
-stamp "summary"
-python3 scripts/bench_distill.py --summarize "$OUT"/bench_distill_plain.json "$OUT"/bench_distill_zero2.json 2>&1
+  stamp "summary"
+  python3 scripts/bench_distill.py --summarize "$OUT"/bench_distill_plain.json "$OUT"/bench_distill_zero2.json 2>&1
+fi
 stamp "done"
