@@ -100,8 +100,11 @@ class SyntheticRows:
     def encode(self, row: int) -> Encoded | None:
         return self.items[row]
 
-    def skipped(self) -> dict[str, int]:
+    def bad_rows(self) -> dict[int, str]:
         return {}
+
+    def note_bad(self, rows: dict[int, str]) -> None:
+        pass
 
 
 class _NoTokenizer:
@@ -316,13 +319,14 @@ class Setup:
     accumulation: int
     warmup: int
     steps: int
+    profile: bool = False  # print the timed steps' top operators (torch.profiler)
 
 
 class StepTimer:
     """The trainer's callback: a synchronised timestamp after every step; stops the run after the last timed one."""
 
-    def __init__(self, device: torch.device, warmup: int, timed: int):
-        self.device, self.warmup, self.timed = device, warmup, timed
+    def __init__(self, device: torch.device, warmup: int, timed: int, profiler=None):
+        self.device, self.warmup, self.timed, self.profiler = device, warmup, timed, profiler
         self.stamps: dict[int, float] = {}
         self.losses: list[float] = []
 
@@ -331,6 +335,8 @@ class StepTimer:
             torch.cuda.synchronize(self.device)
         self.stamps[step] = time.perf_counter()
         self.losses.append(loss)
+        if self.profiler is not None:
+            self.profiler.step()
         if step >= self.warmup + self.timed:
             raise StopBench
 
@@ -367,7 +373,15 @@ def run_case(case: Case, teacher: MMMambaChatModel, student: MMMambaChatModel, r
     terms = (partial(kl_terms, teacher, student) if case.stage == 3 else
              partial(layerwise_terms, teacher, student, scale=cfg.loss_scale))
     objective = Objective(student, terms, list(trainable.params.values()))
-    timer = StepTimer(device, setup.warmup, setup.steps)
+    profiler = None
+    if setup.profile:  # the timed steps only (the warm-up ones compile and tune kernels)
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        profiler = profile(activities=acts, schedule=schedule(wait=setup.warmup - 1, warmup=1, active=setup.steps),
+                           on_trace_ready=_print_profile)
+        profiler.start()
+    timer = StepTimer(device, setup.warmup, setup.steps, profiler)
     n_trained = sum(p.numel() for p in trainable.params.values()) - sum(m.frozen_numel for m in trainable.row_masks)
     gc.collect()
     if device.type == "cuda":
@@ -384,6 +398,8 @@ def run_case(case: Case, teacher: MMMambaChatModel, student: MMMambaChatModel, r
     except StopBench:
         pass
     finally:
+        if profiler is not None:
+            profiler.stop()
         acc.free_memory()  # the trainer's own release is skipped when the callback stops it
         student.zero_grad(set_to_none=True)
         trainable.close()
@@ -394,6 +410,16 @@ def run_case(case: Case, teacher: MMMambaChatModel, student: MMMambaChatModel, r
     if device.type == "cuda":
         out["memory"] = memory_row(device, base, n_trained, deepspeed, plan.processes)
     return out
+
+
+def _print_profile(prof) -> None:
+    """The timed steps' operators: by GPU time, and by CPU time (what the host spends launching them)."""
+    events = prof.key_averages()
+    for key in ("cuda_time_total", "cpu_time_total"):
+        try:
+            print(events.table(sort_by=key, row_limit=22, max_name_column_width=60), flush=True)
+        except Exception as exc:  # noqa: BLE001 - a profile table is a diagnostic, never a reason to stop
+            print(f"profile table by {key}: {exc}", flush=True)
 
 
 def measure(case: Case, timer: StepTimer, plan: StepPlan, setup: Setup, engine: str, n_trained: int) -> dict:
@@ -552,6 +578,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per case (default 2; tiny 1)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per case (default 4; tiny 2)")
     ap.add_argument("--budget-s", type=float, default=None, help="start no new case after this many seconds")
+    ap.add_argument("--profile", action="store_true", help="print the timed steps' top operators (torch.profiler)")
     ap.add_argument("--summarize", nargs="+", type=Path, help="print the tables of finished runs' JSON and exit")
     args = ap.parse_args(argv)
     tiny = args.tiny
@@ -664,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher, student = build_pair(args.teacher, args.layout, device, dtype, args.ssd_backend)
     setup = Setup(Shapes.of(teacher.config), Shapes.of(student.config), SSD_CHUNK[student.code_path.ssd_scan],
                   result["env"].get("bf16_matmul_tflops"), args.tiles, args.micro_batch, args.accumulation,
-                  args.warmup, args.steps)
+                  args.warmup, args.steps, args.profile)
     result["code_path"] = code_path(acc, student, dtype, args, setup.ssd_chunk)
     say(f"models built: teacher {args.teacher}, student {args.layout}; {json.dumps(result['code_path'])}")
     result["ssd_check"] = check_ssd_grads(args.ssd_backend, setup.student, device, dtype,

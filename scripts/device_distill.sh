@@ -4,6 +4,7 @@
 #
 #   bash scripts/device_distill.sh bench   # the benchmark, plain and ZeRO-2 (~8 min)
 #   bash scripts/device_distill.sh tests   # the GPU tests of batched decode, the SSD scans and ZeRO-2 resume (~8 min)
+#   bash scripts/device_distill.sh check   # a profile of two steps + the batched-decode and ZeRO-2 GPU tests
 #
 # Phases, each under its own time limit so the whole ends within ~8.7 minutes (whatever a phase wrote before its
 # limit is kept; the benchmarks write their JSON after every case and start no case past their --budget-s):
@@ -49,7 +50,15 @@ EOF
 } 2>&1 | tee "$OUT/env.txt"
 
 phase=${1:-bench}
-if [ "$phase" = tests ]; then
+if [ "$phase" = check ]; then
+  stamp "check 1/3: where a distillation step's time goes (stage 1 and 3 at 2,048 tokens, torch.profiler)"
+  timeout 150 python3 scripts/bench_distill.py --stages 1,3 --lengths 2048 --checkpointed "" --warmup 2 --steps 2 \
+    --profile --out "$OUT/bench_distill_profile.json" 2>&1 | tee "$OUT/bench_distill_profile.log" | tail -120
+  stamp "check 2/3: tests/test_batched_decode_gpu.py"
+  timeout 160 python3 -m pytest -q -m gpu tests/test_batched_decode_gpu.py 2>&1 | tee "$OUT/gpu_tests_batched.log" | tail -4
+  stamp "check 3/3: bf16 + DeepSpeed ZeRO-2 distillation, kill and resume (tests/test_distill_gpu.py)"
+  timeout 230 python3 -m pytest -q -s -m gpu tests/test_distill_gpu.py 2>&1 | tee "$OUT/gpu_tests_distill.log" | tail -8
+elif [ "$phase" = tests ]; then
   stamp "tests 1/3: tests/test_batched_decode_gpu.py"
   timeout 170 python3 -m pytest -q -m gpu tests/test_batched_decode_gpu.py 2>&1 | tee "$OUT/gpu_tests_batched.log" | tail -4
   stamp "tests 2/3: SSD kernel backends, forward and backward (tests/test_kernels_gpu.py -k ssd)"
