@@ -92,26 +92,40 @@ def paired_bootstrap(baseline: Sequence[object], candidate: Sequence[object], cl
         return BootstrapResult(baseline=base_value, candidate=cand_value, difference=cand_value - base_value,
                                ci_low=0.0, ci_high=0.0, p_value=1.0, standard_error=0.0, resamples=resamples,
                                clusters=len(groups))
-    diffs = np.empty(resamples)
-    done = attempts = 0
-    while done < resamples:
-        attempts += 1
-        if attempts > 20 * resamples:
-            raise ValueError("paired_bootstrap: the metric fails on most resamples (too few clusters?)")
-        picks = rng.integers(0, len(groups), size=len(groups))
+    def difference(picks: np.ndarray) -> float:
         if relabel is None:
             idx = [i for g in picks for i in groups[g]]
             cand, base = [candidate[i] for i in idx], [baseline[i] for i in idx]
         else:
             cand = [relabel(candidate[i], k) for k, g in enumerate(picks) for i in groups[g]]
             base = [relabel(baseline[i], k) for k, g in enumerate(picks) for i in groups[g]]
+        return metric(cand) - metric(base)
+
+    diffs = resample_clusters(len(groups), difference, resamples, rng, "paired_bootstrap")
+    return _summary(diffs, base_value, cand_value, len(groups), confidence)
+
+
+def resample_clusters(n_clusters: int, statistic: Callable[[np.ndarray], float], resamples: int,
+                      rng: np.random.Generator, name: str) -> np.ndarray:
+    """[resamples] values of ``statistic(picks)``, ``picks`` [n_clusters] cluster indices drawn with replacement.
+
+    The draws every cluster bootstrap of the project shares: the same rng gives the same resamples. A resample whose
+    statistic cannot be computed (raises ValueError / ZeroDivisionError, e.g. a POPE split drawn empty) is drawn
+    again, at most 20 x resamples draws in all.
+    """
+    out = np.empty(resamples)
+    done = attempts = 0
+    while done < resamples:
+        attempts += 1
+        if attempts > 20 * resamples:
+            raise ValueError(f"{name}: the metric fails on most resamples (too few clusters?)")
+        picks = rng.integers(0, n_clusters, size=n_clusters)
         try:
-            d = metric(cand) - metric(base)
+            out[done] = statistic(picks)
         except (ValueError, ZeroDivisionError):
             continue
-        diffs[done] = d
         done += 1
-    return _summary(diffs, base_value, cand_value, len(groups), confidence)
+    return out
 
 
 def paired_bootstrap_mean(baseline: Sequence[float], candidate: Sequence[float], cluster_keys: Sequence[Hashable],

@@ -29,7 +29,7 @@ import numpy as np
 
 from mmmamba_bench.benchmarks import TABLE1
 from mmmamba_bench.regress.runs import Run, check_comparable, load_run
-from mmmamba_bench.regress.stats import BootstrapResult, clusters_of, paired_bootstrap
+from mmmamba_bench.regress.stats import BootstrapResult, clusters_of, paired_bootstrap, resample_clusters
 
 NOT_IN_MEAN = ("MME",)  # score-scale columns, left out of the quality score
 Record = tuple[str, Any]  # (task, the sample's value of the column's metric)
@@ -204,23 +204,13 @@ def cluster_bootstrap(records: Sequence[Record], keys: Sequence[Hashable], metri
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     groups = clusters_of(keys)
-    rng = np.random.default_rng(seed)
-    stats = np.empty(resamples)
-    done = attempts = 0
-    while done < resamples:
-        attempts += 1
-        if attempts > 20 * resamples:
-            raise ValueError("cluster_bootstrap: the metric fails on most resamples (too few clusters?)")
-        picks = rng.integers(0, len(groups), size=len(groups))
+
+    def statistic(picks: np.ndarray) -> float:
         if relabel_fn is None:
-            sample = [records[i] for g in picks for i in groups[g]]
-        else:
-            sample = [relabel_fn(records[i], k) for k, g in enumerate(picks) for i in groups[g]]
-        try:
-            stats[done] = metric(sample)
-        except (ValueError, ZeroDivisionError):
-            continue
-        done += 1
+            return metric([records[i] for g in picks for i in groups[g]])
+        return metric([relabel_fn(records[i], k) for k, g in enumerate(picks) for i in groups[g]])
+
+    stats = resample_clusters(len(groups), statistic, resamples, np.random.default_rng(seed), "cluster_bootstrap")
     alpha = 1.0 - confidence
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return metric(list(records)), float(low), float(high)
