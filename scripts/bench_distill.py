@@ -36,7 +36,6 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,8 +46,8 @@ from mmmamba_bench.ops.backends import BackendUnavailable, resolve_backend
 from mmmamba_bench.processor import Encoded, Processor
 from mmmamba_bench.profiler.models import build_model
 from mmmamba_bench.seeding import seed_state_dict
-from mmmamba_bench.train.distill import kl_terms, layerwise_terms, make_accelerator, stage_trainable
-from mmmamba_bench.train.parallel import Objective, StepPlan, train_parallel
+from mmmamba_bench.train.distill import make_accelerator, prepare_stage
+from mmmamba_bench.train.parallel import StepPlan, train_parallel
 from mmmamba_bench.train.recipe import DistillRecipe, load_recipe
 from mmmamba_bench.train.state import TrainCheckpoint
 
@@ -364,15 +363,9 @@ def run_case(case: Case, teacher: MMMambaChatModel, student: MMMambaChatModel, r
                               batch_size=plan.global_batch, warmup_frac=0.0, decay_frac=0.0)
     source = SyntheticRows(student.config, case.length, setup.tiles)
     collate = Processor(_NoTokenizer(), student.config).collate  # type: ignore[arg-type]
-    trainable = stage_trainable(student, case.stage)
-    if dtype != torch.float32 and not deepspeed:  # as run_stage: fp32 master copies (DeepSpeed keeps its own)
-        for p in trainable.params.values():
-            p.data = p.data.float()
-    student.gradient_checkpointing = case.checkpointing
-    student.train()
-    terms = (partial(kl_terms, teacher, student) if case.stage == 3 else
-             partial(layerwise_terms, teacher, student, scale=cfg.loss_scale))
-    objective = Objective(student, terms, list(trainable.params.values()))
+    trainable, objective = prepare_stage(teacher, student, case.stage, cfg.loss_scale,
+                                         master_fp32=dtype != torch.float32 and not deepspeed,
+                                         checkpointing=case.checkpointing)
     profiler = None
     if setup.profile:  # the timed steps only (the warm-up ones compile and tune kernels)
         from torch.profiler import ProfilerActivity, profile, schedule

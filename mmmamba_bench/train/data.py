@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -67,28 +68,55 @@ class EncodedCache:
         return self._store[key]
 
 
+class EncodedRows:
+    """A :class:`~mmmamba_bench.train.parallel.RowSource` over examples encoded in memory (the mini-suite).
+
+    Epochs are fresh permutations seeded by (seed, epoch), each cut to a whole number of global batches (the rest
+    of the epoch is dropped), exactly the order the single-process trainer used.
+    """
+
+    def __init__(self, items: Sequence[Encoded], global_batch: int, seed: int, sha256: str):
+        if global_batch > len(items):
+            raise ValueError(f"batch_size {global_batch} exceeds the {len(items)} training examples")
+        self.items, self.seed, self.sha256 = items, seed, sha256
+        self.per_epoch = (len(items) // global_batch) * global_batch  # positions per epoch
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def row_at(self, k: int) -> int:
+        epoch, idx = divmod(k, self.per_epoch)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.items), generator=gen), epoch
+        return int(self._perm[idx])
+
+    def encode(self, row: int) -> Encoded | None:
+        return self.items[row]
+
+    def bad_rows(self) -> dict[int, str]:
+        return {}
+
+    def note_bad(self, rows: dict[int, str]) -> None:
+        if rows:
+            raise ValueError(f"in-memory training examples have no bad rows, but {len(rows)} were noted")
+
+
 class BatchStream:
-    """Batch ``step`` of an endless sequence of epochs, each a fresh permutation seeded by (seed, epoch).
+    """Batch ``step`` of an endless sequence of epochs, each a fresh permutation seeded by (seed, epoch): the rows of
+    positions ``[step * batch_size, (step + 1) * batch_size)`` of :class:`EncodedRows`' order.
 
     The data position is a pure function of the step, so a resumed run sees exactly the batches an uninterrupted
     run would (the last partial batch of an epoch is dropped).
     """
 
     def __init__(self, items: list[Encoded], processor: Processor, batch_size: int, seed: int):
-        if batch_size > len(items):
-            raise ValueError(f"batch_size {batch_size} exceeds the {len(items)} training examples")
-        self.items, self.processor, self.batch_size, self.seed = items, processor, batch_size, seed
+        self.rows = EncodedRows(items, batch_size, seed, sha256="")
+        self.items, self.processor, self.batch_size = items, processor, batch_size
         self.per_epoch = len(items) // batch_size
-        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def position(self, step: int) -> tuple[int, int]:
         """(epoch, batch index within the epoch) of ``step``."""
         return divmod(step, self.per_epoch)
 
     def batch(self, step: int) -> Batch:
-        epoch, idx = self.position(step)
-        if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.items), generator=gen), epoch
-        rows = self._perm[idx * self.batch_size:(idx + 1) * self.batch_size].tolist()
-        return self.processor.collate([self.items[i] for i in rows])
+        start = step * self.batch_size
+        return self.processor.collate([self.items[self.rows.row_at(k)] for k in range(start, start + self.batch_size)])

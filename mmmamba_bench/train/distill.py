@@ -44,9 +44,9 @@ import torch.nn.functional as F
 
 from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import Batch, Processor
-from mmmamba_bench.train.data import EncodedCache, data_sha256
+from mmmamba_bench.train.data import EncodedCache, EncodedRows, data_sha256
 from mmmamba_bench.train.loop import RowMask, StepCallback, Trainable
-from mmmamba_bench.train.parallel import (EncodedRows, LossCheck, Objective, RowSource, StepPlan, all_bad_rows,
+from mmmamba_bench.train.parallel import (LossCheck, Objective, RowSource, StepPlan, all_bad_rows,
                                            train_parallel)
 from mmmamba_bench.train.recipe import DistillRecipe, as_recipe, cap_distill_steps, stage_hash
 from mmmamba_bench.results import publish_dir
@@ -231,18 +231,9 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
     shash = stage_hash(recipe, stage)
     t0 = time.perf_counter()
     student = load_model(input_dir, device=inputs.device, dtype=inputs.dtype, ssd_backend=inputs.ssd_backend)
-    trainable = stage_trainable(student, stage)
-    mixed = inputs.dtype != torch.float32 and not _is_deepspeed(acc)
-    if mixed:  # mixed precision: the trained parameters are fp32 master copies (DeepSpeed keeps its own)
-        for p in trainable.params.values():
-            p.data = p.data.float()
-    student.gradient_checkpointing = inputs.gradient_checkpointing
-    student.train()
-    if stage == 3:
-        terms = partial(kl_terms, inputs.teacher, student)
-    else:
-        terms = partial(layerwise_terms, inputs.teacher, student, scale=cfg.loss_scale)
-    objective = Objective(student, terms, list(trainable.params.values()))
+    trainable, objective = prepare_stage(inputs.teacher, student, stage, cfg.loss_scale,
+                                         master_fp32=inputs.dtype != torch.float32 and not _is_deepspeed(acc),
+                                         checkpointing=inputs.gradient_checkpointing)
     source = inputs.make_source(stage)
     plan = StepPlan.make(cfg.batch_size, acc.num_processes, inputs.micro_batch)
     n_train = sum(p.numel() for p in trainable.params.values())
@@ -286,6 +277,24 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
         shutil.rmtree(work_dir, ignore_errors=True)
     acc.wait_for_everyone()
     return out_dir
+
+
+def prepare_stage(teacher: MMMambaChatModel, student: MMMambaChatModel, stage: int, loss_scale: float, *,
+                  master_fp32: bool, checkpointing: bool) -> tuple[Trainable, Objective]:
+    """The stage's trained parameters and the module the engine wraps (student + the stage's loss); the student is
+    left in training mode. ``master_fp32``: mixed precision without DeepSpeed (which keeps its own fp32 copy): the
+    trained parameters become fp32 master copies."""
+    trainable = stage_trainable(student, stage)
+    if master_fp32:
+        for p in trainable.params.values():
+            p.data = p.data.float()
+    student.gradient_checkpointing = checkpointing
+    student.train()
+    if stage == 3:
+        terms = partial(kl_terms, teacher, student)
+    else:
+        terms = partial(layerwise_terms, teacher, student, scale=loss_scale)
+    return trainable, Objective(student, terms, list(trainable.params.values()))
 
 
 def first_loss_checks(recipe: DistillRecipe, stage: int, record_in: dict) -> list[LossCheck]:
@@ -421,14 +430,13 @@ def _data_source(recipe: DistillRecipe, data: Path | None, image_root: Path | No
     if data is None or not data.is_file():
         raise ValueError(f"the recipe's data.source is 'internvl': pass --data with an InternVL-format .jsonl file "
                          f"or meta JSON (got {data})")
-    first = SFTData.open(data, processor, image_root=image_root, max_tokens=recipe.data.max_tokens,
-                         seed=recipe.seed)
+    indexed = SFTData.open(data, processor, image_root=image_root, max_tokens=recipe.data.max_tokens,
+                           seed=recipe.seed)  # one pass over the files; each stage reorders the same index
 
     def sft(stage: int) -> RowSource:
-        return SFTData.open(data, processor, image_root=image_root, max_tokens=recipe.data.max_tokens,
-                            seed=recipe.seed + stage)
+        return indexed.reseeded(recipe.seed + stage)
 
-    return sft, first.sha256
+    return sft, indexed.sha256
 
 
 def _distill(recipe: DistillRecipe, teacher_dir: str | os.PathLike, out_dir: str | os.PathLike,

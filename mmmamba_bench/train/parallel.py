@@ -51,38 +51,6 @@ class RowSource(Protocol):
     def note_bad(self, rows: dict[int, str]) -> None: ...  # rows known bad (other processes, before a resume)
 
 
-class EncodedRows:
-    """A :class:`RowSource` over examples encoded in memory (the mini-suite).
-
-    Epochs are fresh permutations seeded by (seed, epoch), each cut to a whole number of global batches (the rest
-    of the epoch is dropped), exactly the order the single-process trainer used.
-    """
-
-    def __init__(self, items: Sequence[Encoded], global_batch: int, seed: int, sha256: str):
-        if global_batch > len(items):
-            raise ValueError(f"batch_size {global_batch} exceeds the {len(items)} training examples")
-        self.items, self.seed, self.sha256 = items, seed, sha256
-        self.per_epoch = (len(items) // global_batch) * global_batch  # positions per epoch
-        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def row_at(self, k: int) -> int:
-        epoch, idx = divmod(k, self.per_epoch)
-        if epoch != self._perm_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.items), generator=gen), epoch
-        return int(self._perm[idx])
-
-    def encode(self, row: int) -> Encoded | None:
-        return self.items[row]
-
-    def bad_rows(self) -> dict[int, str]:
-        return {}
-
-    def note_bad(self, rows: dict[int, str]) -> None:
-        if rows:
-            raise ValueError(f"in-memory training examples have no bad rows, but {len(rows)} were noted")
-
-
 @dataclass(frozen=True)
 class StepPlan:
     """How one global batch is split: P processes x A accumulated micro-batches x b rows."""
