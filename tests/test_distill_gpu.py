@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 import yaml
 
 from tests.test_distill import TINY_DISTILL
-from tests.test_distill_parallel import ACCELERATE_SCRIPT, kill_tree, weights
+from tests.test_distill_parallel import ACCELERATE_SCRIPT, kill_at_checkpoint, weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +63,7 @@ def test_zero2_run_trains_checkpoints_and_resumes_from_a_kill(tiny_teacher, tiny
     record = json.loads((tmp_path / "full.stages" / "stage2" / "distill_state.json").read_text())
     assert "DEEPSPEED" in record["engine"]["distributed"] and record["engine"]["accumulation"] == 2, full[-2000:]
     proc = _run(tmp_path, "cut", True, tiny_teacher, tiny_data)
-    work = tmp_path / "cut.stages" / ".work" / "stage2"
-    deadline = time.time() + 600
-    while not any(work.glob("checkpoint-000000[12]*")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    kill_tree(proc)
+    kill_at_checkpoint(proc, tmp_path / "cut.stages" / ".work" / "stage2", "checkpoint-000000[12]*")
     out = _ok(_run(tmp_path, "cut", True, tiny_teacher, tiny_data))
     assert "stage2: resuming at step" in out, out[-2000:]
     # bf16 weights; the same kernels on the same inputs, but atomics in the backward may add in another order

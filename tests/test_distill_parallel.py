@@ -146,6 +146,15 @@ def kill_tree(proc: subprocess.Popen) -> None:
     psutil.wait_procs(family, timeout=30)
 
 
+def kill_at_checkpoint(proc: subprocess.Popen, work: Path, pattern: str) -> None:
+    """kill -9 the whole run (:func:`kill_tree`) once a checkpoint folder matching ``pattern`` appears in ``work``."""
+    deadline = time.time() + 600
+    while not any(work.glob(pattern)) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    kill_tree(proc)
+
+
 def _finish(proc: subprocess.Popen, timeout: int = 600) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-3000:]
@@ -175,12 +184,7 @@ def test_two_cpu_processes_train_what_one_does_and_a_killed_run_resumes_on_one(t
 
     # kill -9 the whole two-process run once stage 2 has a checkpoint past step 1, then resume on one process
     proc = _launch(tmp_path, [*common, "--out", str(tmp_path / "cut")], 2)
-    work = tmp_path / "cut.stages" / ".work" / "stage2"
-    deadline = time.time() + 600
-    while not any(work.glob("checkpoint-0000000[2-9]")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    kill_tree(proc)
+    kill_at_checkpoint(proc, tmp_path / "cut.stages" / ".work" / "stage2", "checkpoint-0000000[2-9]")
     assert not (tmp_path / "cut").exists()
     out = _finish(_launch(tmp_path, [*common[:-2], "--out", str(tmp_path / "cut")], 1))
     assert "stage 1 already finished" in out and "stage2: resuming at step" in out, out[-2000:]
@@ -241,12 +245,7 @@ def test_zero2_checkpoints_resume_bit_identically_also_with_the_other_engine(tin
     assert record["engine"]["distributed"] == "DistributedType.DEEPSPEED" and record["engine"]["accumulation"] == 2
     for name, resume_with_zero in (("zero", True), ("plain", False)):
         proc = run(name, True)
-        work = tmp_path / f"{name}.stages" / ".work" / "stage2"
-        deadline = time.time() + 600
-        while not any(work.glob("checkpoint-0000001[0-9]")) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        kill_tree(proc)
+        kill_at_checkpoint(proc, tmp_path / f"{name}.stages" / ".work" / "stage2", "checkpoint-0000001[0-9]")
         out = _finish(run(name, resume_with_zero))
         assert "stage2: resuming at step 1" in out, out[-2000:]
         a, b = weights(tmp_path / "full"), weights(tmp_path / name)
