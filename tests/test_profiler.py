@@ -129,3 +129,36 @@ def test_report_reads_profile_rows(tmp_path):
                        baseline="paper", status="oom", error="CUDA out of memory")]
     f = write_rows(tmp_path / "r.json", PROFILE_SCHEMA, rows, {})
     assert [r.status for r in load_profile_rows([f])] == ["ok", "oom"]
+
+
+@pytest.mark.parametrize("baseline", ["optimized", "paper"])
+def test_timed_prefill_is_not_the_first_one(monkeypatch, baseline):
+    """Compilation and autotuning happen in the first prefill of a shape: the profiler times a second one and
+    keeps the warm-up's time apart (``prefill_warmup_s``)."""
+    import mmmamba_bench.profiler.hf_style as hs
+    import mmmamba_bench.profiler.run as run
+
+    model = random_model("hybrid", dtype=torch.float32, seed=0)
+    calls: list[float] = []
+    first_call_s = 0.3  # a stand-in for autotuning: only the first prefill pays it
+
+    def slow_first(fn):
+        def wrapped(*a, **k):
+            import time
+
+            if not calls:
+                time.sleep(first_call_s)
+            calls.append(1.0)
+            return fn(*a, **k)
+        return wrapped
+
+    if baseline == "optimized":
+        monkeypatch.setattr(run, "prefill", slow_first(run.prefill))
+    else:
+        monkeypatch.setattr(hs.ConcatCacheDecoder, "forward",
+                            slow_first(hs.ConcatCacheDecoder.forward))
+    s = ProfileSettings(steps=2, warmup=1, impl="torch", graph=False)
+    row = profile_context(model, "tiny", 16, baseline, s)
+    assert row.status == "ok" and row.extra["prefill_warm"] is True
+    assert row.extra["prefill_warmup_s"] >= first_call_s > row.prefill_s
+    assert row.extra["prefill_compile_s"] == pytest.approx(row.extra["prefill_warmup_s"] - row.prefill_s)
