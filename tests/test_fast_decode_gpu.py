@@ -162,3 +162,41 @@ def test_prefill_graph_matches_eager_prefill():
     with torch.no_grad():
         nxt = lg.argmax(-1).view(1, 1)
         assert torch.equal(model(nxt, cache=c_graph).logits, model(nxt, cache=c_eager).logits)
+
+
+@pytest.mark.parametrize("kind", ["linear", "transformer"])
+def test_step_refinement_restores_state_and_greedy_pick_matches_argmax(kind, tmp_path):
+    """capture() refines the launch configurations inside the step (tuning on): afterwards the captured greedy
+    decoder continues exactly where an eager decoder sharing its tuner is (so the refinement's scratch replays left
+    no trace in the states, token or position), every token is torch.argmax of that step's logits, and the
+    refined choices are cached for this GPU and reused without timing."""
+    from mmmamba_bench.fast.decoder import FastDecoder
+    from mmmamba_bench.fast.tuning import GemvTuner, TuneCache
+
+    model = _model(kind, seed=3)
+    V = model.config.llm_config.vocab_size
+    prompt = torch.randint(0, V, (1, 100), device="cuda")
+    caches = [model.allocate_cache(1, 180) for _ in range(2)]
+    first = [prefill(model, c, prompt) for c in caches]
+    cache_file = TuneCache.for_device(torch.device("cuda"), tmp_path / "tuning.json")
+    tuner = GemvTuner(tune=True, cache=cache_file)
+    a = FastDecoder(model, caches[0], impl="triton", tuner=tuner)
+    b = FastDecoder(model, caches[1], impl="triton", tuner=tuner)
+    for d in (a, b):
+        d.start(first[0].argmax(-1))
+        d.step()
+    a.capture()
+    assert a.refine_s is not None and "step" in a.path()["tuning"]
+    for t in range(40):
+        la, lb = a.step().clone(), b.step().clone()
+        assert torch.equal(la, lb), f"step {t}: refined captured step and eager step differ"
+        assert int(a.tok) == int(b.tok) == int(torch.argmax(la)), f"step {t}: greedy pick"
+    assert int(a.pos) == int(b.pos) == 100 + 41
+    for ca, cb in zip(caches[0].layers, caches[1].layers):
+        for name, ta in vars(ca).items():
+            tb = getattr(cb, name)
+            if name in ("k", "v"):  # [B, nkv, T_max, hd]: the filled part
+                ta, tb = ta[:, :, :141], tb[:, :, :141]
+            assert torch.equal(ta, tb), f"cache {name} differs"
+    again = GemvTuner(tune=True, cache=cache_file)
+    assert again.choices and all(c.source == "cache" for c in again.choices.values())

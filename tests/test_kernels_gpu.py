@@ -204,3 +204,38 @@ def test_mamba_ssm_scan_backward_matches_the_plain_scan(gen):
         grads.append([t.grad for t in leaves])
     for name, g, g_ref in zip(("x", "dt", "A", "B", "C"), *grads):
         assert rel_err(g, g_ref) < 3e-3, name
+
+
+def test_head_argmax_picks_the_first_maximum(gen):
+    """The output head with the greedy pick folded in: logits as ``norm_gemv``, the token = torch.argmax of the
+    bf16 logits (first index on ties, planted here by duplicating rows, with -0.0 == +0.0), the key reset for the
+    next step and the position advanced."""
+    ops = _ops()
+    from mmmamba_bench.fast.triton_ops import KEY_EMPTY, new_argmax_key
+
+    H, V = (2048, 92553) if HAS_CUDA else (256, 1000)
+    x, nw = _rand(H, gen=gen), (1 + 0.1 * torch.randn(H, generator=gen)).to(DEV, BF)
+    for trial in range(3):
+        W = _rand(V, H, scale=H ** -0.5, gen=gen)
+        ref = torch.empty(V, device=DEV, dtype=BF)
+        torch_ops.norm_gemv(x, nw, 1e-5, W, ref)
+        top = int(ref.float().argmax())
+        if trial == 1:  # a tie for the maximum, the copy placed first and last
+            W[0], W[V - 1] = W[top], W[top]
+        if trial == 2:  # every logit zero, some -0.0: the first row wins
+            W.zero_()
+            W[:V // 2] = -0.0
+        out, key = torch.empty(V, device=DEV, dtype=BF), new_argmax_key(DEV)
+        tok, pos = torch.zeros(1, dtype=torch.long, device=DEV), torch.full((1,), 7, dtype=torch.long, device=DEV)
+        ops.norm_gemv_argmax(x, nw, 1e-5, W, out, key, tok, pos)
+        torch_ops.norm_gemv(x, nw, 1e-5, W, ref)
+        assert rel_err(out, ref) < RTOL_BF16 or trial == 2
+        assert int(tok) == int(torch.argmax(out)), f"trial {trial}"
+        if trial == 1:
+            assert int(tok) == 0
+        if trial == 2:
+            assert int(tok) == 0 and not out.any()
+        assert int(key) == KEY_EMPTY and int(pos) == 8
+        tok2, pos2 = tok.clone(), pos.clone()
+        torch_ops.norm_gemv_argmax(x, nw, 1e-5, W, ref, key, tok2, pos2)  # the twin agrees on the token
+        assert int(tok2) == int(torch.argmax(ref)) and int(pos2) == 9

@@ -41,6 +41,7 @@ class TorchOps:
     norm_gemv_swiglu = staticmethod(torch_ops.norm_gemv_swiglu)
     gemv_residual = staticmethod(torch_ops.gemv_residual)
     norm_gemv = staticmethod(torch_ops.norm_gemv)
+    norm_gemv_argmax = staticmethod(torch_ops.norm_gemv_argmax)
     norm_gemv_qkv_rope = staticmethod(torch_ops.norm_gemv_qkv_rope)
     attn_decode = staticmethod(torch_ops.attn_decode)
 
@@ -128,11 +129,13 @@ class FastDecoder:
         self.normalize = cfg.normalize_encoder_output
         H, dev, dt = llm.hidden_size, self.device, self.dtype
         if impl == "triton":
-            from mmmamba_bench.fast.triton_ops import AttnPlan, GemvTuner, TritonOps
+            from mmmamba_bench.fast.triton_ops import GemvTuner, TritonOps, new_argmax_key
 
             self.ops = TritonOps(tuner if tuner is not None else GemvTuner(tune=True), pdl=pdl)
+            self.argkey = new_argmax_key(dev)
         else:
             self.ops = TorchOps()
+            self.argkey = torch.zeros(1, dtype=torch.long, device=dev)  # unused by the plain ops
         self.layers = [self._layer(i, layer, c) for i, (layer, c) in enumerate(zip(model.layers, cache.layers))]
         self.emb = model.embedding_model.llm_text_embeddings.weight
         self.final_norm = model.language_model.model.norm.weight
@@ -163,10 +166,11 @@ class FastDecoder:
                     tables[key] = rope_tables(rot, cache.max_len, dev, dt)
                 self.rope[stack] = tables[key]
             if impl == "triton":
-                self.plan = AttnPlan(self.nh, self.hd, cache.max_len, dev)
+                self.plan = self.ops.attn_plan(self.nh, self.nkv, self.hd, cache.max_len, dev)
         self.length = cache.length
         self.graph: torch.cuda.CUDAGraph | None = None
         self.steps_run = 0
+        self.refine_s: float | None = None  # time spent refining launch configurations in the step, if any
 
     def _layer(self, i: int, layer, c) -> _Layer:
         if layer.kind == "mamba2":
@@ -195,10 +199,12 @@ class FastDecoder:
                 ops.gemv_residual(self.attn_out, L.w_o, x)
             ops.norm_gemv_swiglu(x, L.norm2, L.eps, L.w1, L.w3, self.h)
             ops.gemv_residual(self.h, L.w2, x)
-        ops.norm_gemv(x, self.final_norm, self.final_eps, self.w_out, self.logits)
-        if self.greedy:
-            self.tok.copy_(torch.argmax(self.logits).view(1))
-        self.pos.add_(1)
+        if self.greedy:  # head, argmax into tok, pos += 1
+            ops.norm_gemv_argmax(x, self.final_norm, self.final_eps, self.w_out, self.logits, self.argkey, self.tok,
+                                 self.pos)
+        else:
+            ops.norm_gemv(x, self.final_norm, self.final_eps, self.w_out, self.logits)
+            self.pos.add_(1)
 
     def start(self, token) -> None:
         """Begin decoding after the prompt in the cache: ``token`` (int or [1] tensor) goes in first."""
@@ -226,13 +232,18 @@ class FastDecoder:
         return self.logits
 
     def capture(self) -> None:
-        """Capture one step in a CUDA graph (after at least one eager :meth:`step`, which compiles and tunes)."""
+        """Capture one step in a CUDA graph (after at least one eager :meth:`step`, which compiles and tunes).
+
+        With a tuning :class:`~.tuning.GemvTuner`, the shortlisted launch configurations are first refined inside
+        the captured step (:meth:`refine`)."""
         if self.device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device")
         if self.impl == "torch" and self.has_attention:
             raise RuntimeError("the plain-PyTorch attention op reads the length on the host; it cannot be captured")
         if self.steps_run == 0:
             raise RuntimeError("run one eager step before capture (it compiles and tunes the kernels)")
+        if self.impl == "triton" and self.ops.tuner.tune and self.ops.tuner.pending():
+            self.refine()
         torch.cuda.synchronize()
         pos_before, tok_before = self.pos.clone(), self.tok.clone()
         graph = torch.cuda.CUDAGraph()
@@ -244,6 +255,74 @@ class FastDecoder:
         torch.cuda.synchronize()
         self.graph = graph
 
+    @torch.no_grad()
+    def refine(self, reps: int = 25) -> dict[str, float]:
+        """Choose each pending kernel's launch configuration by timing the whole captured step (coordinate descent
+        over the tuner's shortlists, largest kernels first); returns {kernel[shape]: best step ms}.
+
+        Each candidate's step is captured in a scratch graph (after one eager run that compiles it) and replayed
+        ``reps`` times with the token and position reset before each replay, so every replay does the same work.
+        Afterwards the conv / SSM states, token and position are restored; the only other writes, the KV entries
+        at the current position, are rewritten by the next real step. Choices go to the tuner's on-disk cache.
+        """
+        import time
+
+        tuner = self.ops.tuner
+        t_start = time.perf_counter()
+        states = [t for L in self.layers for t in (L.conv_state, L.ssm_state) if t is not None]
+        saved = [t.clone() for t in states]
+        pos0, tok0 = self.pos.clone(), self.tok.clone()
+
+        def reset() -> None:
+            self.pos.copy_(pos0)
+            self.tok.copy_(tok0)
+
+        def step_ms() -> float:
+            reset()
+            self._body()  # compiles this configuration outside the capture
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._body()
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(reps + 3)]
+            for a, b in events:
+                reset()
+                a.record()
+                graph.replay()
+                b.record()
+            torch.cuda.synchronize()
+            del graph
+            ms = sorted(a.elapsed_time(b) for a, b in events[3:])
+            return ms[len(ms) // 2]
+
+        def apply(key, cfg) -> None:
+            tuner.set(key, cfg, "step")
+            if key[0] == "attn":
+                self.plan = self.ops.attn_plan(self.nh, self.nkv, self.hd, self.cache.max_len, self.device)
+
+        best = step_ms()
+        found: dict[str, float] = {}
+        for key in sorted(tuner.pending(), key=lambda k: (k[0] == "attn", -k[1] * k[2])):
+            current = tuner.choices[key].config
+            for cand in tuner.shortlist[key]:
+                if cand == current:
+                    continue
+                apply(key, cand)
+                t = step_ms()
+                if t < best:
+                    best, current = t, cand
+            apply(key, current)
+            tuner.set(key, current, "step", best * 1e3)
+            found[f"{key[0]}[{key[1]}x{key[2]}]"] = best
+        for t, v in zip(states, saved):
+            t.copy_(v)
+        reset()
+        torch.cuda.synchronize()
+        tuner.save()
+        self.refine_s = time.perf_counter() - t_start
+        return found
+
     def path(self) -> dict[str, str]:
         """Which implementation runs the decode step (for result rows)."""
         out = {"decode": f"fast-{self.impl}", "graph": "cuda_graph" if self.graph is not None else "none",
@@ -252,6 +331,8 @@ class FastDecoder:
                "attention": ("triton-split-kv" if self.impl == "triton" else "sdpa") if self.has_attention else "-"}
         if self.impl == "triton":
             out["pdl"] = "on" if self.ops.pdl else "off"
+            sources = sorted({c.source for c in self.ops.tuner.choices.values()})
+            out["tuning"] = "+".join(sources) if sources else "none"
         if self.plan is not None:
             out["attn_split"] = f"{self.plan.n_splits}x{self.plan.split}"
         return out

@@ -76,6 +76,16 @@ def norm_gemv(x, norm_w, eps, W, out) -> None:
     out.copy_(F.linear(rms_norm(x, norm_w, eps), W))
 
 
+def norm_gemv_argmax(x, norm_w, eps, W, out, key, tok, pos) -> None:
+    """The output head, then the greedy pick: tok = argmax(out) (first index on ties), pos += 1.
+
+    ``key`` is the Triton kernel's reduction buffer, accepted and left alone here.
+    """
+    norm_gemv(x, norm_w, eps, W, out)
+    tok.copy_(torch.argmax(out).view(1))
+    pos.add_(1)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin

@@ -16,8 +16,13 @@ Design (memory-bound: each step reads every weight once, so the kernels are buil
   ``gdc_wait`` and then lets the next kernel launch, so launch latency and the next weight fetch overlap the
   previous kernel's tail inside the captured graph; results are bit-identical to serial launches.
 
-Only bfloat16 models are supported here (the fast path's dtype); launch configurations are chosen by
-:class:`GemvTuner`.
+- Output head + greedy pick: each head program also reduces its rows to (max, first index) and folds that into
+  one int64 key with ``atomic_max`` (order-preserving bits of the bf16 logit, then the complemented row index, so
+  ties go to the first row like ``torch.argmax``); a one-program kernel turns the key into the next token,
+  resets it and advances the position — no separate argmax pass over the logits.
+
+Only bfloat16 models are supported here (the fast path's dtype); launch configurations
+``(BLOCK_N, BLOCK_K, num_warps, num_stages)`` are chosen per device by :class:`~.tuning.GemvTuner`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from mmmamba_bench.fast.tuning import (ATTN_CANDIDATES, ATTN_DEFAULT, GEMV_CANDIDATES, Config,  # noqa: F401
+                                       GemvTuner, default_config)
+
 LOG2E = 1.4426950408889634
+KEY_EMPTY = -(2 ** 63)  # the argmax key before any head program has folded its rows in
 
 
 def pdl_supported(device: torch.device | None = None) -> bool:
@@ -100,6 +109,46 @@ def _norm_gemv_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, N, K: tl.constexpr, BL
         acc += w.to(tl.float32) * xin[None, :]
     out = tl.sum(acc, axis=1)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=rmask)
+
+
+@triton.jit
+def _norm_gemv_argmax_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, key_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr):
+    """The output head (as ``_norm_gemv_kernel``) plus this program's share of the greedy pick: the max of its
+    rows' bf16 logits and the first row holding it, folded into ``key`` [1] int64 with ``atomic_max``."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    w = _wtile(W_ptr, rows, rmask, 0, cols, K, EVEN_N)
+    _pdl_sync(PDL)
+    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
+    acc = w.to(tl.float32) * _normed(x_ptr, nw_ptr, cols, rstd)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
+        w = _wtile(W_ptr, rows, rmask, k0, cols, K, EVEN_N)
+        acc += w.to(tl.float32) * xin[None, :]
+    out = tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rows, out, mask=rmask)
+    v = out.to(tl.float32)
+    v = tl.where(v == 0.0, 0.0, v)  # -0.0 == +0.0 for argmax
+    v = tl.where(rmask, v, float("-inf"))
+    best = tl.max(v, axis=0)
+    row = tl.program_id(0) * BLOCK_N + tl.argmax(v, axis=0, tie_break_left=True)
+    bits = best.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # signed-int order == float order
+    low = tl.full([], 4294967295, tl.int64) - row.to(tl.int64)  # a smaller row wins a tie
+    tl.atomic_max(key_ptr, (ordered.to(tl.int64) << 32) | low)
+
+
+@triton.jit
+def _argmax_finish_kernel(key_ptr, tok_ptr, pos_ptr, PDL: tl.constexpr):
+    """Next token = the row in the key; reset the key for the next step; advance the position."""
+    _pdl_sync(PDL)
+    key = tl.load(key_ptr)
+    row = tl.full([], 4294967295, tl.int64) - (key & tl.full([], 4294967295, tl.int64))
+    tl.store(tok_ptr, row)
+    tl.store(key_ptr, tl.full([], KEY_EMPTY, tl.int64))
+    tl.store(pos_ptr, tl.load(pos_ptr) + 1)
 
 
 @triton.jit
@@ -358,55 +407,7 @@ def _attn_combine_kernel(m_ptr, l_ptr, o_ptr, out_ptr, n_splits: tl.constexpr, H
     tl.store(out_ptr + h * HD + d, out.to(tl.bfloat16))
 
 
-# ---- launch configurations --------------------------------------------------------------------------------------
-
-GEMV_CANDIDATES = ((2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 256, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4),
-                   (16, 512, 8), (4, 2048, 8), (2, 2048, 4))
-
-
-def default_config(N: int, K: int) -> tuple[int, int, int]:
-    """A reasonable (BLOCK_N, BLOCK_K, num_warps) without tuning; BLOCK_K always divides K."""
-    bk = min(512, K)
-    while K % bk:
-        bk //= 2
-    return (8, bk, 4)
-
-
-class GemvTuner:
-    """Chooses and remembers a (BLOCK_N, BLOCK_K, num_warps) per GEMV kernel and shape.
-
-    ``tune=True`` times :data:`GEMV_CANDIDATES` once per (kernel, N, K) on scratch outputs (never on live decode
-    state), with the weights of the first layer that needs it; otherwise :func:`default_config` is used.
-    """
-
-    def __init__(self, tune: bool = True):
-        self.tune = tune
-        self.chosen: dict[tuple[str, int, int], tuple[int, int, int]] = {}
-        self.timings: dict[str, float] = {}
-
-    def get(self, name: str, N: int, K: int, bench=None, constraint=None) -> tuple[int, int, int]:
-        key = (name, N, K)
-        if key in self.chosen:
-            return self.chosen[key]
-        cands = [c for c in GEMV_CANDIDATES if K % c[1] == 0 and c[1] <= K and (constraint is None or constraint(c))]
-        if not self.tune or bench is None or not cands:
-            cfg = default_config(N, K)
-            if constraint is not None and not constraint(cfg):
-                cfg = next((c for c in cands), cfg)
-        else:
-            best = None
-            for c in cands:
-                t = triton.testing.do_bench(lambda c=c: bench(c), warmup=5, rep=20, return_mode="median")
-                if best is None or t < best[0]:
-                    best = (t, c)
-            cfg = best[1]
-            self.timings[f"{name}[{N}x{K}]"] = best[0] * 1e3  # microseconds
-        self.chosen[key] = cfg
-        return cfg
-
-    def describe(self) -> dict[str, str]:
-        return {f"{n}[{N}x{K}]": f"BN{c[0]}/BK{c[1]}/w{c[2]}" for (n, N, K), c in self.chosen.items()}
-
+# ---- launch configurations (chosen in .tuning) ------------------------------------------------------------------
 
 def _grid_n(N: int, bn: int) -> tuple[int]:
     return (triton.cdiv(N, bn),)
@@ -433,9 +434,9 @@ class TritonOps:
         C, G = conv_state.shape[0], g_out.shape[0]
 
         def launch(cfg, cs, xo, go, do):
-            bn, bk, nw = cfg
+            bn, bk, nw, ns = cfg
             _mamba_in_kernel[_grid_n(N, bn)](x, norm_w, eps, W, cs, conv_w, conv_b, dt_bias, xo, go, do, N, C=C,
-                                             G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw,
+                                             G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns,
                                              **self._kw)
 
         scratch = None
@@ -455,24 +456,24 @@ class TritonOps:
         hd = gate_w.shape[0]
 
         def launch(cfg, xo):
-            bn, bk, nw = cfg
+            bn, bk, nw, ns = cfg
             _gated_gemv_residual_kernel[_grid_n(N, bn)](y, g, gate_w, eps, W, xo, N, K=K, HD=hd, BLOCK_N=bn,
-                                                        BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw, **self._kw)
+                                                        BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns, **self._kw)
 
         scratch = x.clone() if self._needs("gated_oproj", N, K) else None
         cfg = self.tuner.get("gated_oproj", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None,
                              constraint=lambda c: c[1] % hd == 0)
         if cfg[1] % hd:
-            cfg = (cfg[0], hd * max(1, cfg[1] // hd), cfg[2])
+            cfg = (cfg[0], hd * max(1, cfg[1] // hd), cfg[2], cfg[3])
         launch(cfg, x)
 
     def norm_gemv_swiglu(self, x, norm_w, eps, W1, W3, h_out) -> None:
         N, K = W1.shape
 
         def launch(cfg, ho):
-            bn, bk, nw = cfg
+            bn, bk, nw, ns = cfg
             _swiglu_kernel[_grid_n(N, bn)](x, norm_w, eps, W1, W3, ho, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
-                                           EVEN_N=N % bn == 0, num_warps=nw, **self._kw)
+                                           EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns, **self._kw)
 
         scratch = torch.empty_like(h_out) if self._needs("swiglu", N, K) else None
         cfg = self.tuner.get("swiglu", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None)
@@ -482,9 +483,9 @@ class TritonOps:
         N, K = W.shape
 
         def launch(cfg, xo):
-            bn, bk, nw = cfg
+            bn, bk, nw, ns = cfg
             _gemv_residual_kernel[_grid_n(N, bn)](v, W, xo, N, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0,
-                                                  num_warps=nw, **self._kw)
+                                                  num_warps=nw, num_stages=ns, **self._kw)
 
         scratch = x.clone() if self._needs("gemv_residual", N, K) else None
         cfg = self.tuner.get("gemv_residual", N, K,
@@ -495,23 +496,43 @@ class TritonOps:
         N, K = W.shape
 
         def launch(cfg, o):
-            bn, bk, nw = cfg
+            bn, bk, nw, ns = cfg
             _norm_gemv_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
-                                              EVEN_N=N % bn == 0, num_warps=nw, **self._kw)
+                                              EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns, **self._kw)
 
         scratch = torch.empty_like(out) if self._needs("norm_gemv", N, K) else None
         cfg = self.tuner.get("norm_gemv", N, K, bench=(lambda c: launch(c, scratch)) if scratch is not None else None)
         launch(cfg, out)
+
+    def norm_gemv_argmax(self, x, norm_w, eps, W, out, key, tok, pos) -> None:
+        """The output head, then tok = argmax(out) (first index on ties) and pos += 1; ``key`` [1] int64 holds
+        ``KEY_EMPTY`` between steps (allocate it with :func:`new_argmax_key`)."""
+        N, K = W.shape
+
+        def launch(cfg, o, kk):
+            bn, bk, nw, ns = cfg
+            _norm_gemv_argmax_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, kk, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
+                                                     EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns, **self._kw)
+
+        scratch = (torch.empty_like(out), new_argmax_key(out.device)) if self._needs("head_argmax", N, K) else None
+        cfg = self.tuner.get("head_argmax", N, K, bench=(lambda c: launch(c, *scratch)) if scratch else None)
+        launch(cfg, out, key)
+        _argmax_finish_kernel[(1,)](key, tok, pos, num_warps=1, **self._kw)
+
+    def attn_plan(self, nh: int, nkv: int, hd: int, max_len: int, device) -> "AttnPlan":
+        """The split-KV workspace for a cache of ``max_len`` tokens, in the tuner's configuration."""
+        cfg = self.tuner.get("attn", nkv * hd, max_len, candidates=ATTN_CANDIDATES, default=ATTN_DEFAULT)
+        return AttnPlan(nh, hd, max_len, device, *cfg)
 
     def norm_gemv_qkv_rope(self, x, norm_w, eps, W, cos_t, sin_t, pos, k_cache, v_cache, q_out, n_rep: int) -> None:
         N, K = W.shape
         nkv, T, hd = k_cache.shape
 
         def launch(cfg, kc, vc, qo):
-            bn, bk, nw = cfg
+            bn, bk, nw, ns = cfg
             grid = (N // hd * (hd // 2 // bn),)
             _qkv_rope_kernel[grid](x, norm_w, eps, W, cos_t, sin_t, pos, kc, vc, qo, T, K=K, HD=hd, N_REP=n_rep,
-                                   BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, **self._kw)
+                                   BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns, **self._kw)
 
         scratch = None
         if self._needs("qkv_rope", N, K):
@@ -527,16 +548,23 @@ class TritonOps:
         nh = q.numel() // hd
         _attn_split_kernel[(nkv, plan.n_splits)](q, k_cache, v_cache, pos, plan.m, plan.l, plan.o, T, plan.n_splits,
                                                  LOG2E / math.sqrt(hd), N_REP=nh // nkv, HD=hd, SPLIT=plan.split,
-                                                 BLOCK_T=plan.block_t, num_warps=4, **self._kw)
+                                                 BLOCK_T=plan.block_t, num_warps=plan.num_warps,
+                                                 num_stages=plan.num_stages, **self._kw)
         _attn_combine_kernel[(nh,)](plan.m, plan.l, plan.o, out, plan.n_splits, HD=hd, BLOCK_S=32, num_warps=4,
                                     **self._kw)
+
+
+def new_argmax_key(device) -> torch.Tensor:
+    """The [1] int64 buffer :meth:`TritonOps.norm_gemv_argmax` folds the greedy pick into."""
+    return torch.full((1,), KEY_EMPTY, dtype=torch.int64, device=device)
 
 
 class AttnPlan:
     """Split-KV workspace for one cache size: ``split`` tokens per program, ``n_splits`` programs per KV head."""
 
-    def __init__(self, nh: int, hd: int, max_len: int, device, target_splits: int = 64, block_t: int = 64):
-        self.block_t = block_t
+    def __init__(self, nh: int, hd: int, max_len: int, device, target_splits: int = 64, block_t: int = 64,
+                 num_warps: int = 4, num_stages: int = 3):
+        self.block_t, self.num_warps, self.num_stages = block_t, num_warps, num_stages
         self.split = max(block_t, triton.cdiv(triton.cdiv(max_len, target_splits), block_t) * block_t)
         self.n_splits = triton.cdiv(max_len, self.split)
         self.m = torch.empty(nh, self.n_splits, device=device, dtype=torch.float32)

@@ -32,9 +32,10 @@ def _tuner(device: torch.device, dtype: torch.dtype, impl: str, tune: bool):
 
     if impl == "torch" or not triton_usable(device, dtype)[0]:
         return None
-    from mmmamba_bench.fast.triton_ops import GemvTuner
+    from mmmamba_bench.fast.tuning import GemvTuner, TuneCache
 
-    return GemvTuner(tune=tune)
+    # launch configurations measured on this GPU before are reused; new ones are measured here and cached
+    return GemvTuner(tune=tune, cache=TuneCache.for_device(device) if tune else None)
 
 
 def _meta(device, dtype, cap, bandwidth, extra) -> dict:
