@@ -257,7 +257,12 @@ def _cmd_profile(args) -> int:
 
 def _add_speed(sub) -> None:
     p = sub.add_parser("speed", help="Table-2 recipe: one image + 'Describe the image specifically', 256 tokens")
-    p.add_argument("--models", required=True, help="comma list of presets or checkpoint dirs")
+    p.add_argument("--models", required=True, help="comma list of presets, checkpoint dirs or Table-2 baseline "
+                   "cards (llava-phi, mobilevlm-3b, cobra-3.5b, visualrwkv-3b; tiny-<card>: CPU-test scale)")
+    p.add_argument("--variants", default="default", help="release (how the model's release generates), best (the "
+                   "best our tooling makes of it) or release,best; default: baselines both, our models best")
+    p.add_argument("--budget-s", type=NON_NEGATIVE, default=None, help="start no model or variant after this many "
+                   "seconds (those left are listed in the file's meta.not_measured)")
     p.add_argument("--output-tokens", type=POSITIVE_INT, default=256, help="forced new tokens (no EOS stop)")
     p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="timed runs after one warm-up run (median reported)")
     p.add_argument("--out", type=Path, default=Path("reports/speed.json"))
@@ -278,12 +283,17 @@ def _cmd_speed(args) -> int:
 
     if args.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {args.dtype!r}; choose from {sorted(DTYPES)}")
+    from mmmamba_bench.profiler.table2 import parse_variants
+
     rows = pc.run_speed([m.strip() for m in args.models.split(",") if m.strip()], args.out,
                         pc.resolve_device(args.device), DTYPES[args.dtype], output_tokens=args.output_tokens,
                         repeats=args.repeats, impl=args.impl, graph=not args.no_graph, tune=not args.no_tune,
-                        ssd_backend=args.ssd_backend, prefill_graph=not args.eager_prefill)
+                        ssd_backend=args.ssd_backend, prefill_graph=not args.eager_prefill,
+                        variants=parse_variants(args.variants), budget_s=args.budget_s)
     for r in rows:
-        print(f"{r.model}: {r.tokens_per_s:.1f} tokens/s, total {r.total_s:.3f} s (prefill {r.prefill_s:.3f} s)")
+        print(f"{r.model} ({r.extra.get('variant', 'best')}): {r.tokens_per_s:.1f} tokens/s, total {r.total_s:.3f} s "
+              f"(prefill {r.prefill_s:.3f} s)")
+    print(pc.not_measured_summary(args.out))
     print(f"wrote {args.out}")
     return 0
 

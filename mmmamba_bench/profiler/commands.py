@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import platform
 import time
@@ -119,25 +120,109 @@ def run_profile(models: list[str], contexts: list[int], baselines: list[str], ou
 
 def run_speed(models: list[str], out: Path, device: torch.device, dtype: torch.dtype, output_tokens: int = 256,
               repeats: int = 3, impl: str = "auto", graph: bool = True, tune: bool = True,
-              ssd_backend: str = "auto", prefill_graph: bool = True) -> list[SpeedRow]:
+              ssd_backend: str = "auto", prefill_graph: bool = True, variants: tuple[str, ...] | None = None,
+              budget_s: float | None = None) -> list[SpeedRow]:
+    """The Table-2 recipe for every model x variant (:mod:`mmmamba_bench.profiler.table2`); rows are written after
+    each one. A job not run is listed in ``meta["not_measured"]`` with the reason (a library that cannot be
+    imported, no such variant, ``budget_s`` spent before it started), never dropped silently."""
     from mmmamba_bench.outputs import check_output_file
+    from mmmamba_bench.profiler import table2
 
     check_output_file(out, "--out")
-    tuner = _tuner(device, dtype, impl, tune)
+    check_model_specs(models)
+    jobs = table2.plan(models, variants)
+    tuner = _tuner(device, dtype, impl, tune) if any(not j.baseline for j in jobs) else None
     rows: list[SpeedRow] = []
+    skipped: list[dict[str, str]] = []
     meta = _meta(device, dtype, None, None, {"command": "speed", "output_tokens": output_tokens,
-                                             "repeats": repeats, "prompt": "one image (3 tiles) + "
-                                             "'Describe the image specifically', chat template"})
-    for spec in models:
-        model = build_model(spec, device, dtype, ssd_backend=ssd_backend)
-        rows.append(speed_run(model, model_label(spec), output_tokens, repeats, impl, graph, tuner,
-                              prefill_graph=prefill_graph))
-        log.info("%s: %.1f tokens/s (total %.3f s, prefill %.3f s)", rows[-1].model, rows[-1].tokens_per_s,
-                 rows[-1].total_s, rows[-1].prefill_s)
-        write_rows(out, SPEED_SCHEMA, rows, meta)
+                                             "repeats": repeats, "variants": "default" if variants is None
+                                             else ",".join(variants), "budget_s": budget_s,
+                                             "prompt": "one image (3 tiles) + 'Describe the image specifically', "
+                                             "chat template; baselines: one image at the release's resolution + "
+                                             "random ids of its chat template's length",
+                                             "not_measured": skipped})
+    start = time.perf_counter()
+
+    def skip(job, reason: str) -> None:
+        skipped.append({"model": job.spec, "variant": job.variant, "reason": reason})
+        log.warning("%s (%s): not measured: %s", job.spec, job.variant, reason)
+
+    for spec, group in itertools.groupby(jobs, key=lambda j: j.spec):
+        group = list(group)
+        model = None
+        for job in group:
+            if budget_s is not None and time.perf_counter() - start > budget_s:
+                skip(job, f"--budget-s {budget_s:g} spent before it started")
+                continue
+            if model is None:
+                try:
+                    model = _speed_model(job, device, dtype, ssd_backend)
+                except Exception as exc:  # noqa: BLE001 - only a missing library becomes a record
+                    from mmmamba_bench.baselines.build import BaselineUnavailable
+
+                    if not isinstance(exc, BaselineUnavailable):
+                        raise
+                    for j in group:
+                        skip(j, str(exc))
+                    break
+            row = _speed_job(job, model, output_tokens, repeats, impl, graph, tuner, prefill_graph, skip)
+            if row is not None:
+                rows.append(row)
+                log.info("%s (%s): %.1f tokens/s (total %.3f s, prefill %.3f s)", row.model, job.variant,
+                         row.tokens_per_s, row.total_s, row.prefill_s)
+            write_rows(out, SPEED_SCHEMA, rows, meta)
         del model
         free_memory(device)
+    meta["wall_s"] = time.perf_counter() - start
+    write_rows(out, SPEED_SCHEMA, rows, meta)
     return rows
+
+
+def check_model_specs(models: list[str]) -> None:
+    """Every ``--models`` entry is a preset, a Table-2 baseline card (or its ``tiny-`` form) or a checkpoint
+    directory: said before any model is built."""
+    from mmmamba_bench.baselines.spec import baseline_spec
+    from mmmamba_bench.config import PRESETS
+
+    if not models:
+        raise ValueError("--models: give at least one model")
+    bad = [m for m in models if m not in PRESETS and baseline_spec(m) is None and not Path(m).is_dir()]
+    if bad:
+        raise ValueError(f"--models: {bad} are neither presets ({', '.join(PRESETS)}), Table-2 baseline cards "
+                         f"(models/*.yaml with 'architecture', or their tiny- form) nor checkpoint directories")
+
+
+def _speed_model(job, device: torch.device, dtype: torch.dtype, ssd_backend: str):
+    if job.baseline:
+        from mmmamba_bench.baselines.build import build_baseline
+        from mmmamba_bench.baselines.spec import baseline_spec
+
+        return build_baseline(baseline_spec(job.spec), device, dtype)
+    return build_model(job.spec, device, dtype, ssd_backend=ssd_backend)
+
+
+def _speed_job(job, model, output_tokens: int, repeats: int, impl: str, graph: bool, tuner, prefill_graph: bool,
+               skip) -> SpeedRow | None:
+    from mmmamba_bench.profiler import table2
+
+    if job.baseline:
+        from mmmamba_bench.baselines import speed as bs
+
+        settings = bs.SpeedSettings(output_tokens=output_tokens, repeats=repeats)
+        if job.variant == "release":
+            return bs.release_run(model, job.spec, settings)
+        why = bs.best_unavailable(model)
+        if why:
+            skip(job, why)
+            return None
+        return bs.best_run(model, job.spec, settings)
+    label = model_label(job.spec)
+    if job.variant == "best":
+        row = speed_run(model, label, output_tokens, repeats, impl, graph, tuner, prefill_graph=prefill_graph)
+    else:
+        row = table2.ours_release_run(model, label, output_tokens, repeats)
+    row.extra.update({"variant": job.variant, "paper_row": table2.paper_row_of(job.spec)})
+    return row
 
 
 def summary(rows: list[ProfileRow]) -> str:
@@ -150,3 +235,14 @@ def summary(rows: list[ProfileRow]) -> str:
                      f"{f(r.decode_ms_per_token, '8.3f')} {f(r.floor_ms, '6.3f')} {f(r.ratio_to_floor, '7.2f')} "
                      f"{f(None if peak is None else peak / 2**30, '8.2f')}")
     return "\n".join(lines)
+
+
+def not_measured_summary(path: Path) -> str:
+    """One line per job a speed file lists as not measured (or a line saying there is none)."""
+    from mmmamba_bench.results import read_rows
+
+    meta, _ = read_rows(path, SPEED_SCHEMA, SpeedRow)
+    gaps = meta.get("not_measured") or []
+    if not gaps:
+        return "not measured: none"
+    return "\n".join(f"not measured: {g['model']} ({g['variant']}): {g['reason']}" for g in gaps)

@@ -22,12 +22,12 @@ class ConcatCacheDecoder:
         self.length = 0
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [1, L] continuing the sequence -> last-position logits [V]."""
+    def forward(self, ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """ids [1, L] continuing the sequence (with the image's tiles for a prompt) -> last-position logits [V]."""
         model = self.model
         B, L = ids.shape
         start = self.length
-        x = model.embed(ids).to(model.dtype)
+        x = model.embed(ids, pixel_values).to(model.dtype)
         n_emb = model.num_embedding_layers
         for stack, layers, offset in ((0, model.embedding_model.encoder, 0), (1, model.language_model.model.layers, n_emb)):
             ctx = model.context(stack, B, L, start, None, False)
