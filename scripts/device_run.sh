@@ -6,6 +6,8 @@
 #   cap     : the 24 GiB memory-cap run at 103K/128K, and the Table-2 speed run
 #   final   : profile + the Table-2 speed run + the GPU tests (fused kernels, captured decode, PDL, captured prefill)
 #   hovle   : the HoVLE profile (optimised, paper baseline, transformers peer) + the 24 GiB cap runs + GPU decode tests
+#   h200    : GPU tests + one optimised profile per model + Table 2, launch configurations tuned once and cached in
+#             $OUT/decode-tuning.json (MMMAMBA_BENCH_TUNE_CACHE)
 #   probe   : scripts/perf_probe.py (PDL A/B, GEMV configs, Table-2 prefill breakdown, peer variants) + GPU tests
 set -uo pipefail
 stage=${1:?stage}
@@ -36,6 +38,15 @@ case $stage in
   probe)
     python3 scripts/perf_probe.py ${PARTS:-decode prefill speed peer} 2>&1 | tee "$OUT/probe.log" | grep -v "^\s*$"
     python3 -m pytest -q -s -m gpu tests/test_fast_decode_gpu.py tests/test_kernels_gpu.py -k "${TESTS_K:-not ssd_backend}" 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+    ;;
+  h200)  # issue 13: GPU tests, then one profile per model (optimised) and the Table-2 run, tuning cached in $OUT
+    export MMMAMBA_BENCH_TUNE_CACHE=${MMMAMBA_BENCH_TUNE_CACHE:-$OUT/decode-tuning.json}
+    python3 -m pytest -q -s -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -k "not ssd_backend" 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
+    python3 -m mmmamba_bench.cli profile --models mmmamba-linear,mmmamba-hybrid --contexts "${CONTEXTS:-1k,2k,4k,8k,16k,32k,64k,103k,128k}" \
+      --baseline optimized --out "$OUT/profile_mamba_h200.json" 2>&1 | tee "$OUT/profile_mamba.log" | grep -v "^$" | grep -v "refine " | tail -25
+    python3 -m mmmamba_bench.cli profile --models hovle-2.6b --contexts "${CONTEXTS:-1k,2k,4k,8k,16k,32k,64k,103k,128k}" \
+      --baseline optimized --out "$OUT/profile_hovle_h200.json" 2>&1 | tee "$OUT/profile_hovle.log" | grep -v "refine " | tail -14
+    python3 -m mmmamba_bench.cli speed --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --out "$OUT/speed_h200.json" 2>&1 | tail -4
     ;;
   check)
     python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -x 2>&1 | tee "$OUT/gpu_tests.log" | tail -25

@@ -302,6 +302,7 @@ class FastDecoder:
                 self.plan = self.ops.attn_plan(self.nh, self.nkv, self.hd, self.cache.max_len, self.device)
 
         best = step_ms()
+        log.info("refine: start %.4f ms/step with %s", best, tuner.describe())
         found: dict[str, float] = {}
         for key in sorted(tuner.pending(), key=lambda k: (k[0] == "attn", -k[1] * k[2])):
             current = tuner.choices[key].config
@@ -310,6 +311,7 @@ class FastDecoder:
                     continue
                 apply(key, cand)
                 t = step_ms()
+                log.info("refine %s[%dx%d] %s: %.4f ms/step (best so far %.4f)", *key, cand, t, best)
                 if t < best:
                     best, current = t, cand
             apply(key, current)
@@ -321,6 +323,7 @@ class FastDecoder:
         torch.cuda.synchronize()
         tuner.save()
         self.refine_s = time.perf_counter() - t_start
+        log.info("refine: %.4f ms/step after %.1f s: %s", best, self.refine_s, tuner.describe())
         return found
 
     def path(self) -> dict[str, str]:

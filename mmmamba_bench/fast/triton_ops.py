@@ -39,7 +39,8 @@ from mmmamba_bench.fast.tuning import (ATTN_CANDIDATES, ATTN_DEFAULT, GEMV_CANDI
                                        GemvTuner, default_config)
 
 LOG2E = 1.4426950408889634
-KEY_EMPTY = -(2 ** 63)  # the argmax key before any head program has folded its rows in
+KEY_EMPTY = -(2 ** 63)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests)  # the argmax key before any head program has folded its rows in
 
 
 def pdl_supported(device: torch.device | None = None) -> bool:
@@ -342,15 +343,33 @@ def _ssm_step_kernel(xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP: tl.constexp
 # ---- attention over the static cache ----------------------------------------------------------------------------
 
 @triton.jit
-def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_max, n_splits, qk_scale,
-                       N_REP: tl.constexpr, HD: tl.constexpr, SPLIT: tl.constexpr, BLOCK_T: tl.constexpr,
+def _attn_tile(q, kc_ptr, vc_ptr, base, t, end, d, m_i, l_i, acc, qk_scale, HD: tl.constexpr):
+    """One BLOCK_T slice of the cache folded into the online softmax (m_i, l_i, acc) of the 16 query rows."""
+    tm = t < end
+    kv_off = base + t[:, None].to(tl.int64) * HD + d[None, :]
+    k = tl.load(kc_ptr + kv_off, mask=tm[:, None], other=0.0)
+    # float32 operands (tf32 dots hold bf16 values exactly; Triton's interpreter mis-multiplies bf16 dots)
+    sc = tl.dot(q, tl.trans(k.to(tl.float32))) * qk_scale  # log2 domain
+    sc = tl.where(tm[None, :], sc, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(sc - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(vc_ptr + kv_off, mask=tm[:, None], other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_max, n_splits, qk_scale, split,
+                       N_REP: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, STATIC_SPLIT: tl.constexpr,
                        PDL: tl.constexpr):
     g = tl.program_id(0)
     s = tl.program_id(1)
     _pdl_sync(PDL)
     cur = tl.load(pos_ptr) + 1  # filled length including this step's token
-    start = s * SPLIT
-    end = tl.minimum(start + SPLIT, cur)
+    start = s * split
+    end = tl.minimum(start + split, cur)
     rq = tl.arange(0, 16)  # tl.dot needs 16 rows: the n_rep query heads of this KV head, zero-padded
     d = tl.arange(0, HD)
     qmask = rq < N_REP
@@ -360,22 +379,17 @@ def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_ma
     acc = tl.zeros([16, HD], dtype=tl.float32)
     base = g.to(tl.int64) * T_max * HD
     if start < cur:  # splits past the filled length only record "empty"
-        # a static trip count (masked past ``end``): the first block always holds a valid token
-        for t0 in range(0, SPLIT, BLOCK_T):
-            t = start + t0 + tl.arange(0, BLOCK_T)
-            tm = t < end
-            kv_off = base + t[:, None].to(tl.int64) * HD + d[None, :]
-            k = tl.load(kc_ptr + kv_off, mask=tm[:, None], other=0.0)
-            # float32 operands (tf32 dots hold bf16 values exactly; Triton's interpreter mis-multiplies bf16 dots)
-            sc = tl.dot(q, tl.trans(k.to(tl.float32))) * qk_scale  # log2 domain
-            sc = tl.where(tm[None, :], sc, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(sc - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(vc_ptr + kv_off, mask=tm[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
-            m_i = m_new
+        # a fixed trip count per split, masked past ``end`` (the first block always holds a valid token). On the
+        # GPU ``split`` is a run-time value, so one compiled kernel serves every cache size; Triton's interpreter
+        # cannot loop to a run-time bound, so there the split comes as the constant STATIC_SPLIT.
+        if STATIC_SPLIT > 0:
+            for t0 in range(0, STATIC_SPLIT, BLOCK_T):
+                m_i, l_i, acc = _attn_tile(q, kc_ptr, vc_ptr, base, start + t0 + tl.arange(0, BLOCK_T), end, d, m_i,
+                                           l_i, acc, qk_scale, HD)
+        else:
+            for t0 in range(0, split, BLOCK_T):
+                m_i, l_i, acc = _attn_tile(q, kc_ptr, vc_ptr, base, start + t0 + tl.arange(0, BLOCK_T), end, d, m_i,
+                                           l_i, acc, qk_scale, HD)
     head = g * N_REP + rq
     tl.store(m_ptr + head * n_splits + s, m_i, mask=qmask)
     tl.store(l_ptr + head * n_splits + s, l_i, mask=qmask)
@@ -383,20 +397,21 @@ def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_ma
 
 
 @triton.jit
-def _attn_combine_kernel(m_ptr, l_ptr, o_ptr, out_ptr, n_splits: tl.constexpr, HD: tl.constexpr,
-                         BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+def _attn_combine_kernel(m_ptr, l_ptr, o_ptr, out_ptr, n_splits, HD: tl.constexpr, BLOCK_S: tl.constexpr,
+                         N_CHUNKS: tl.constexpr, PDL: tl.constexpr):
+    """Merge one head's splits, BLOCK_S at a time over N_CHUNKS (a compile-time count, unrolled)."""
     h = tl.program_id(0)
     d = tl.arange(0, HD)
     _pdl_sync(PDL)
     M = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
-    for s0 in range(0, n_splits, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
+    for c in tl.static_range(N_CHUNKS):
+        s = c * BLOCK_S + tl.arange(0, BLOCK_S)
         M = tl.maximum(M, tl.load(m_ptr + h * n_splits + s, mask=s < n_splits, other=float("-inf")))
     Mx = tl.max(M, axis=0)
     L = tl.zeros([BLOCK_S], dtype=tl.float32)
     acc = tl.zeros([BLOCK_S, HD], dtype=tl.float32)
-    for s0 in range(0, n_splits, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
+    for c in tl.static_range(N_CHUNKS):
+        s = c * BLOCK_S + tl.arange(0, BLOCK_S)
         sm = s < n_splits
         m = tl.load(m_ptr + h * n_splits + s, mask=sm, other=float("-inf"))
         w = tl.where(m > float("-inf"), tl.exp2(m - Mx), 0.0)
@@ -547,11 +562,11 @@ class TritonOps:
         nkv, T, hd = k_cache.shape
         nh = q.numel() // hd
         _attn_split_kernel[(nkv, plan.n_splits)](q, k_cache, v_cache, pos, plan.m, plan.l, plan.o, T, plan.n_splits,
-                                                 LOG2E / math.sqrt(hd), N_REP=nh // nkv, HD=hd, SPLIT=plan.split,
-                                                 BLOCK_T=plan.block_t, num_warps=plan.num_warps,
-                                                 num_stages=plan.num_stages, **self._kw)
-        _attn_combine_kernel[(nh,)](plan.m, plan.l, plan.o, out, plan.n_splits, HD=hd, BLOCK_S=32, num_warps=4,
-                                    **self._kw)
+                                                 LOG2E / math.sqrt(hd), plan.split, N_REP=nh // nkv, HD=hd,
+                                                 BLOCK_T=plan.block_t, STATIC_SPLIT=plan.split if INTERPRET else 0,
+                                                 num_warps=plan.num_warps, num_stages=plan.num_stages, **self._kw)
+        _attn_combine_kernel[(nh,)](plan.m, plan.l, plan.o, out, plan.n_splits, HD=hd, BLOCK_S=32,
+                                    N_CHUNKS=triton.cdiv(plan.n_splits, 32), num_warps=4, **self._kw)
 
 
 def new_argmax_key(device) -> torch.Tensor:
