@@ -162,9 +162,10 @@ def _shrink(module: ModuleSpec) -> ModuleSpec:
 
 
 def tiny(spec: BaselineSpec) -> BaselineSpec:
-    """The same structure at CPU-test scale: the size fields of :data:`TINY` that the card sets are replaced."""
+    """The same structure at CPU-test scale: the size fields of :data:`TINY` that the card sets are replaced (it
+    stands for no paper row)."""
     vision = tuple(_shrink(v) for v in spec.vision)
-    return dataclasses.replace(spec, name=TINY_PREFIX + spec.card, llm=_shrink(spec.llm), vision=vision,
+    return dataclasses.replace(spec, name=TINY_PREFIX + spec.card, paper_row=None, llm=_shrink(spec.llm), vision=vision,
                                visual_tokens=expected_visual_tokens(vision, spec.projector),
                                text_tokens=(min(spec.text_tokens[0], 4), min(spec.text_tokens[1], 4)), scale="tiny")
 

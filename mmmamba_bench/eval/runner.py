@@ -31,26 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmmamba_bench.results import atomic_write, write_json_atomic
+from mmmamba_bench.eval.common import (RESULTS_KEY, check_label, in_document_order, prepare_tasks,  # noqa: F401
+                                       write_jsonl_atomic)
+from mmmamba_bench.eval.common import offline_env as _offline_env
+from mmmamba_bench.results import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-RESULTS_KEY = "mmmamba_bench"  # the key this project adds to lmms-eval's results JSON
-
-
-def _offline_env(data_dir: str | Path | None) -> None:
-    """Point datasets / lmms-eval at the local copies of the real benchmarks (tasks/README.md); never the hub.
-
-    Must run before ``datasets`` or ``lmms_eval`` is imported: both read these variables at import time.
-    """
-    from mmmamba_bench.data import real
-
-    os.environ.update(real.offline_env(Path(data_dir) if data_dir is not None else real.default_data_dir()))
 
 
 @dataclass(frozen=True)
@@ -107,26 +97,24 @@ def run_eval(model: str | Path, tasks: str, output: str | Path, *, label: str | 
     of a launch made by someone else (``accelerate launch ... -m mmmamba_bench eval``): rank 0 writes the results.
     """
     from mmmamba_bench import preflight
-    from mmmamba_bench.assets import default_mini_data_dir
-    from mmmamba_bench.cards import resolve_model
-    from mmmamba_bench.data import minisuite
-    from mmmamba_bench.eval.tasks import MINI_TASKS, check_tasks, cluster_limit, include_paths, resolve_tasks
+    from mmmamba_bench.cards import find_card, resolve_model
+    from mmmamba_bench.eval.tasks import include_paths
     from mmmamba_bench.outputs import check_output_dir
 
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"--num-processes must be a positive integer, got {num_processes!r}")
+    card = find_card(str(model))
+    if card is not None and card.lmms_eval is not None:  # a baseline: lmms-eval's own model for its release
+        from mmmamba_bench.eval.baseline import run_baseline_eval
+
+        return run_baseline_eval(card, tasks, output, label=label, device=device, batch_size=batch_size,
+                                 limit=limit, data_dir=data_dir, log_samples=log_samples, seed=seed,
+                                 mini_data_dir=mini_data_dir, num_processes=num_processes)
     _offline_env(data_dir)
     path = resolve_model(model)
     label = check_label(label or path.name)
     check_output_dir(output, "--output")  # a file or an unwritable place: said now, not after the evaluation
-    task_names = resolve_tasks(tasks)
-    limit = cluster_limit(task_names, limit)
-    mini_data_dir = Path(mini_data_dir) if mini_data_dir is not None else default_mini_data_dir()
-    generate_mini = any(t in MINI_TASKS for t in task_names) and not minisuite.suite_present(mini_data_dir)
-    preflight.check([*preflight.evaluation_needs(), *(preflight.DATA_GENERATION if generate_mini else ())])
-    if generate_mini:
-        minisuite.ensure_suite(mini_data_dir)
-    check_tasks(task_names, data_dir, mini_data_dir=mini_data_dir)  # missing data / judge: before any model loads
+    task_names, limit, mini_data_dir = prepare_tasks(tasks, limit, data_dir, mini_data_dir)
     preflight.check(checkpoints=[path])
     with tempfile.TemporaryDirectory(prefix="mmmamba_tasks_") as workdir:
         plan = EvalPlan(model_dir=str(path), label=label, tasks=tuple(task_names), output=str(output),
@@ -224,27 +212,10 @@ def evaluate(plan: EvalPlan) -> Path | None:
     # how many requests went past the model's positions (warned once during the run), per task, over all processes
     results[RESULTS_KEY] = {**record, "inputs": inputs}
     for task, rows in (samples or {}).items():
-        _write_jsonl_atomic(plan.folder / f"{plan.stamp}_samples_{task}.jsonl", in_document_order(rows))
+        write_jsonl_atomic(plan.folder / f"{plan.stamp}_samples_{task}.jsonl", in_document_order(rows))
     out = write_json_atomic(plan.results_file, results, default=str)  # last: its presence = done
     log.info("wrote %s", out)
     return out
-
-
-def in_document_order(rows: list[dict]) -> list[dict]:
-    """lmms-eval's per-sample records of one task in the order a single process logs them, whatever the number of
-    processes.
-
-    One process logs the documents in order, once per filter (all documents for the first filter, then for the
-    next). With N processes, lmms-eval hands rank 0 the shards one after another (rank 0's documents 0, N, 2N ...,
-    then rank 1's 1, N+1 ...), each shard filter after filter. A record does not name its filter, but within a shard
-    the k-th record of a document belongs to the k-th filter, so sorting by (k, document id) restores the order.
-    """
-    seen: Counter = Counter()
-    keyed = []
-    for row in rows:
-        keyed.append(((seen[row["doc_id"]], row["doc_id"]), row))
-        seen[row["doc_id"]] += 1
-    return [row for _, row in sorted(keyed, key=lambda item: item[0])]
 
 
 def gather_input_reports(lmm) -> dict[str, Any]:
@@ -262,15 +233,6 @@ def gather_input_reports(lmm) -> dict[str, Any]:
         for task, n in (r or {}).get("over_position_limit", {}).items():
             over[task] = over.get(task, 0) + n
     return {"position_limit": report["position_limit"], "over_position_limit": dict(sorted(over.items()))}
-
-
-def check_label(label: str) -> str:
-    """``label`` names a folder under ``--output``: one path component of printable characters."""
-    if (not label or label in (".", "..") or "/" in label or "\\" in label or label != label.strip()
-            or not label.isprintable()):
-        raise ValueError(f"--label {label!r}: must be one folder name (no '/', '\\', leading or trailing spaces, "
-                         f"'.' or '..')")
-    return label
 
 
 def provenance_record(lmm, task_names: list[str], limit: int | None, data_dir: str | Path | None,
@@ -293,9 +255,3 @@ def provenance_record(lmm, task_names: list[str], limit: int | None, data_dir: s
         "packages": provenance.package_versions(),
         "project": provenance.project(),
     }
-
-
-def _write_jsonl_atomic(path: Path, rows: list) -> None:
-    with atomic_write(path) as f:
-        for row in rows:
-            f.write(json.dumps(row, default=str) + "\n")

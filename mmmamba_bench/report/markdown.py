@@ -31,7 +31,7 @@ from .scores import (
     render_table1,
     score_frame,
 )
-from .speed import load_speed_rows, render_speed
+from .speed import load_not_measured, load_speed_rows, render_speed, render_speed_notes
 
 DEFAULT_TITLE = "mmMamba benchmark report"
 REPORT_NAME = "report.md"
@@ -70,11 +70,12 @@ def scores_section(scores: dict[str, ModelScores], paper: PaperNumbers, results_
     return "\n".join(out)
 
 
-def speed_section(rows: Sequence[SpeedRow], paper: PaperNumbers) -> str:
+def speed_section(rows: Sequence[SpeedRow], paper: PaperNumbers,
+                  not_measured: Sequence[dict[str, str]] = ()) -> str:
     head = "## Table 2: generation speed\n"
     if not rows:
         return "\n".join([head, _skipped("no speed files given")])
-    return "\n".join([head, render_speed(rows, paper.table2)])
+    return "\n".join([head, render_speed(rows, paper.table2), render_speed_notes(rows, paper.table2, not_measured)])
 
 
 def context_section(rows: Sequence[ProfileRow], paper: PaperNumbers, out_dir: Path) -> str:
@@ -117,10 +118,11 @@ def build_report(results_dirs: Sequence[Path], profile_files: Sequence[Path], sp
     scores = merge_results(load_results_file(p) for p in results_files)
     profile_rows = load_profile_rows(profile_files)
     speed_rows = load_speed_rows(speed_files)
+    not_measured = load_not_measured(speed_files)
 
     inputs = (f"Inputs: {len(results_files)} lmms-eval results file(s) from {_paths(results_dirs)}; "
               f"{len(profile_rows)} profile row(s) from {_paths(profile_files)}; "
               f"{len(speed_rows)} speed row(s) from {_paths(speed_files)}.\n")
     text = "\n".join([f"# {title}\n", inputs, scores_section(scores, paper, results_dirs),
-                      speed_section(speed_rows, paper), context_section(profile_rows, paper, out_dir)])
+                      speed_section(speed_rows, paper, not_measured), context_section(profile_rows, paper, out_dir)])
     return write_text_atomic(out_dir / REPORT_NAME, text)

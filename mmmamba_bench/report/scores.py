@@ -119,8 +119,30 @@ def load_results_file(path: Path) -> ResultsFile:
     if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
         raise ReportInputError(f"{path}: 'results' must map task names to metric objects")
     config = data.get("config") if isinstance(data.get("config"), dict) else {}
-    return ResultsFile(path=path, label=model_label(config, fallback=path.parent.name),
+    return ResultsFile(path=path, label=recorded_label(data) or model_label(config, fallback=path.parent.name),
                        timestamp=_timestamp(path, data), results=results)
+
+
+def recorded_label(data: Mapping[str, Any]) -> str | None:
+    """The label ``mmmamba-bench eval`` recorded (its ``"mmmamba_bench"`` key); a baseline evaluated by lmms-eval's
+    own model has no ``label=`` model argument, so this is where its card name is."""
+    from ..eval.common import RESULTS_KEY
+
+    record = data.get(RESULTS_KEY)
+    model = record.get("model") if isinstance(record, Mapping) else None
+    label = model.get("label") if isinstance(model, Mapping) else None
+    return label if isinstance(label, str) and label else None
+
+
+def table1_row_of(label: str, paper: Sequence[PaperTable1Row]) -> str | None:
+    """The Table-1 row a measured label stands for: its model card's ``paper_row`` (``cobra-3.5b`` -> Cobra), else a
+    paper row of the same name."""
+    from ..cards import find_card
+
+    card = find_card(label)
+    if card is not None and card.paper_row:
+        return card.paper_row
+    return next((p.method for p in paper if same_model(label, p.method)), None)
 
 
 def merge_results(files: Iterable[ResultsFile]) -> dict[str, ModelScores]:
@@ -224,7 +246,8 @@ def table1_frame(measured: pd.DataFrame, paper: Sequence[PaperTable1Row]) -> pd.
     for p in paper:
         rows.append({"Method": p.method, "Source": "paper", "Complexity": p.complexity, "Params": p.params,
                      **{c: p.scores.get(c, math.nan) for c in score_cols}})
-        rows.extend(measured_row(label) for label in measured.index if same_model(label, p.method))
+        rows.extend(measured_row(label) for label in measured.index
+                    if label not in placed and table1_row_of(label, paper) == p.method)
     rows.extend(measured_row(label) for label in measured.index if label not in placed)
     return pd.DataFrame(rows, columns=["Method", "Source", "Complexity", "Params", *score_cols])
 
