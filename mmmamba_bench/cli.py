@@ -425,8 +425,80 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _add_place(sub) -> None:
+    p = sub.add_parser("place", help="search where a hybrid's attention layers should go: each layer's held-out KL "
+                       "drop as the only attention layer (short stage-3 runs, several seeds, intervals), a proposal "
+                       "under a budget with its cost; --evaluate: the sweep scores it beside head-interleaved")
+    p.add_argument("--teacher", required=True, type=Path, help="teacher checkpoint directory (or a model card)")
+    p.add_argument("--budget", required=True, help="K attention layers (2), a decode latency at --context "
+                                                   "(0.4ms) or a memory size at --context (6GiB)")
+    p.add_argument("--recipe", required=True, type=Path, help="distillation recipe YAML (its stage 3, init and "
+                                                              "data; layout and seed are set per run)")
+    p.add_argument("--out", required=True, type=Path, help="search folder (resumes if rerun with the same settings)")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=3, help="seeds per layer, from the recipe's (default 3)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=50, help="stage-3 steps of each run (default 50)")
+    p.add_argument("--layers", default=None, help="candidate global layers, comma list (default: every layer)")
+    p.add_argument("--heldout", type=POSITIVE_INT, default=128, help="held-out rows for the KL (default 128)")
+    p.add_argument("--heldout-data", type=Path, default=None, help="InternVL recipes: the held-out rows (.jsonl / "
+                                                                   "meta JSON); mini-suite: the validation split")
+    p.add_argument("--context", default="103k", help="context of the costs and of a cost budget (default 103k)")
+    p.add_argument("--cost", default="auto", choices=("auto", "measured", "modelled"),
+                   help="auto: measured with the profiler on a CUDA GPU, modelled (bandwidth floor) otherwise")
+    p.add_argument("--gpu", default=None, help="the GPU of a modelled cost: h100, h200, h200-measured, rtx4090 "
+                                               "(default)")
+    p.add_argument("--data", type=Path, default=None, help="training data (as `distill --data`)")
+    p.add_argument("--image-root", type=Path, default=None, help="as `distill --image-root`")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: the recipe's device)")
+    p.add_argument("--keep-models", action="store_true", help="keep every run's student (default: removed once "
+                                                              "its KL is recorded)")
+    p.add_argument("--evaluate", action="store_true", help="then distil (full recipe) and evaluate the proposal "
+                                                           "beside head-interleaved with the sweep, in OUT/evaluate")
+    p.add_argument("--tasks", default="mini", help="--evaluate: lmms-eval tasks (default mini)")
+    p.add_argument("--eval-max-steps", type=POSITIVE_INT, default=None, help="--evaluate: cap every stage's steps")
+    p.add_argument("--mini-data", type=Path, default=None, help="--evaluate: as `sweep --mini-data`")
+    p.add_argument("--limit", type=POSITIVE_INT, default=None, help="--evaluate: documents per task")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="--evaluate: evaluation batch size")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_place)
+
+
+def _cmd_place(args) -> int:
+    from mmmamba_bench.cards import resolve_model
+    from mmmamba_bench.profiler.floor import parse_context
+    from mmmamba_bench.sweep.place import PlaceSettings, run_place
+    from mmmamba_bench.sweep.runner import SweepSettings
+
+    try:
+        teacher = resolve_model(str(args.teacher))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--teacher: {exc}") from None
+    try:
+        context = parse_context(args.context)
+    except ValueError as exc:
+        raise ValueError(f"--context: {exc}") from None
+    try:
+        layers = None if args.layers is None else tuple(int(x) for x in args.layers.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--layers {args.layers!r}: expected a comma list of layer indices") from None
+    evaluate = None
+    if args.evaluate:
+        evaluate = SweepSettings(teacher=teacher, recipe=args.recipe, tasks=args.tasks, contexts=(context,),
+                                 cost=args.cost, gpu=args.gpu, max_steps=args.eval_max_steps, data=args.data,
+                                 image_root=args.image_root, mini_data=args.mini_data, limit=args.limit,
+                                 device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+    settings = PlaceSettings(teacher=teacher, recipe=args.recipe, budget=args.budget, seeds=args.seeds,
+                             steps=args.steps, layers=layers, heldout=args.heldout, heldout_data=args.heldout_data,
+                             context=context, cost=args.cost, gpu=args.gpu, data=args.data,
+                             image_root=args.image_root, device=args.device, keep_models=args.keep_models,
+                             progress=not args.no_progress, evaluate=evaluate)
+    report = run_place(settings, args.out)
+    print(f"wrote {report}")
+    return 0
+
+
 _SUBCOMMANDS = [_add_convert, _add_data, _add_eval, _add_report, _add_demo, _add_train_teacher, _add_distill,
-                _add_profile, _add_speed, _add_regress, _add_sweep]
+                _add_profile, _add_speed, _add_regress, _add_sweep,
+                _add_place]
 
 
 def main(argv: list[str] | None = None) -> int:
