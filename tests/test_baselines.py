@@ -273,6 +273,9 @@ def test_eval_dispatches_a_baseline_card_to_its_lmms_eval_model(tmp_path, monkey
     record = json.loads(out.read_text())["mmmamba_bench"]["model"]
     assert (record["label"], record["card"], record["paper_row"]) == ("fuyu-8b", "fuyu-8b", "Fuyu-8B(HD)")
     assert out.parent.name == "fuyu-8b"
+    from mmmamba_bench.report.scores import load_results_file
+
+    assert load_results_file(out).label == "fuyu-8b"  # the Table-1 report reads the card name, not the weights dir
 
 
 # ---- report: placement and the paper's ordering --------------------------------------------------------------------
