@@ -61,12 +61,12 @@ EOF
 } 2>&1 | tee "$OUT/env.txt"
 
 stamp "1/3 speed: $BASELINES (release + best), $OURS (best)"
-timeout 380 python3 -m mmmamba_bench.cli speed --models "$BASELINES,$OURS" --repeats "${REPEATS:-2}" \
-  --budget-s "${BUDGET_BASELINES:-250}" --out "$OUT/speed_table2_h200.json" 2>&1 \
+timeout 360 python3 -m mmmamba_bench.cli speed --models "$BASELINES,$OURS" --repeats "${REPEATS:-2}" \
+  --budget-s "${BUDGET_BASELINES:-240}" --out "$OUT/speed_table2_h200.json" 2>&1 \
   | tee "$OUT/speed_table2_h200.log" | progress
 
 stamp "2/3 speed: $OURS (release: the paper-faithful eager decode)"
-timeout 120 python3 -m mmmamba_bench.cli speed --models "$OURS" --variants release --repeats 1 \
+timeout 150 python3 -m mmmamba_bench.cli speed --models "$OURS" --variants release --repeats 1 \
   --budget-s "${BUDGET_RELEASE:-60}" --out "$OUT/speed_table2_h200_release.json" 2>&1 \
   | tee "$OUT/speed_table2_h200_release.log" | progress
 
