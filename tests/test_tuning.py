@@ -93,3 +93,16 @@ def test_default_cache_path(monkeypatch, tmp_path):
     monkeypatch.delenv("MMMAMBA_BENCH_TUNE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_cache_path() == tmp_path / "mmmamba-bench" / "decode-tuning.json"
+
+
+def test_a_decoder_describes_only_the_configurations_it_requested():
+    t = GemvTuner(tune=False)
+    t.get("swiglu", 8192, 2048)
+    t.get("attn", 1024, 4096, candidates=ATTN_CANDIDATES, default=ATTN_DEFAULT)
+    mark = len(t.requested)  # a second decoder (another context) starts here
+    t.get("attn", 1024, 8192, candidates=ATTN_CANDIDATES, default=ATTN_DEFAULT)
+    t.get("swiglu", 8192, 2048)
+    t.get("swiglu", 8192, 2048)
+    assert t.used_since(mark) == [("attn", 1024, 8192), ("swiglu", 8192, 2048)]
+    assert list(t.describe(t.used_since(mark))) == ["attn[1024x8192]", "swiglu[8192x2048]"]
+    assert len(t.describe()) == 3

@@ -132,6 +132,7 @@ class FastDecoder:
             from mmmamba_bench.fast.triton_ops import GemvTuner, TritonOps, new_argmax_key
 
             self.ops = TritonOps(tuner if tuner is not None else GemvTuner(tune=True), pdl=pdl)
+            self._tune_mark = len(self.ops.tuner.requested)  # this decoder's configurations are requested after it
             self.argkey = new_argmax_key(dev)
         else:
             self.ops = TorchOps()
@@ -334,8 +335,10 @@ class FastDecoder:
                "attention": ("triton-split-kv" if self.impl == "triton" else "sdpa") if self.has_attention else "-"}
         if self.impl == "triton":
             out["pdl"] = "on" if self.ops.pdl else "off"
-            sources = sorted({c.source for c in self.ops.tuner.choices.values()})
-            out["tuning"] = "+".join(sources) if sources else "none"
+            tuner = self.ops.tuner
+            keys = tuner.used_since(self._tune_mark)
+            out["tuning"] = "+".join(sorted({tuner.choices[k].source for k in keys})) or "none"
+            out["gemv_configs"] = ";".join(f"{k}={v}" for k, v in tuner.describe(keys).items())
         if self.plan is not None:
             out["attn_split"] = f"{self.plan.n_splits}x{self.plan.split}"
         return out

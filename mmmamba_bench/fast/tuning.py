@@ -164,6 +164,7 @@ class GemvTuner:
         self.tune, self.cache, self.keep = tune, cache, keep
         self.choices: dict[Key, Choice] = cache.load() if cache is not None else {}
         self.shortlist: dict[Key, list[Config]] = {}
+        self.requested: list[Key] = []  # every get(), in order: a decoder's own keys are a slice of it
 
     @property
     def chosen(self) -> dict[Key, Config]:
@@ -173,6 +174,7 @@ class GemvTuner:
             constraint: Callable[[Config], bool] | None = None, candidates: tuple[Config, ...] = GEMV_CANDIDATES,
             default: Config | None = None) -> Config:
         key = (name, N, K)
+        self.requested.append(key)
         if key in self.choices:
             return self.choices[key].config
         ok = (lambda c: True) if constraint is None else constraint
@@ -214,9 +216,15 @@ class GemvTuner:
     def timings(self) -> dict[str, float]:
         return {f"{n}[{N}x{K}]": c.us for (n, N, K), c in self.choices.items() if c.us is not None}
 
-    def describe(self) -> dict[str, str]:
+    def used_since(self, mark: int) -> list[Key]:
+        """The distinct keys requested since ``len(self.requested)`` was ``mark``, in first-use order."""
+        return list(dict.fromkeys(self.requested[mark:]))
+
+    def describe(self, keys: list[Key] | None = None) -> dict[str, str]:
+        """``{kernel[NxK]: configuration (source)}`` for ``keys`` (default: every choice held)."""
         out = {}
-        for (n, N, K), c in self.choices.items():
+        for (n, N, K) in (self.choices if keys is None else keys):
+            c = self.choices[(n, N, K)]
             a, b, w, s = c.config
             label = f"splits{a}/BT{b}" if n == "attn" else f"BN{a}/BK{b}"
             out[f"{n}[{N}x{K}]"] = f"{label}/w{w}/s{s} ({c.source})"

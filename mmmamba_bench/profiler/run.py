@@ -128,8 +128,6 @@ def _optimized(model, context: int, s: ProfileSettings, meter: MemoryMeter) -> _
     nvml = nvml_used_bytes(device)
     dec.record_path()
     path = {**model.code_path.as_dict(), **dec.path(), "prefill_chunk": str(s.chunk_size)}
-    if dec.impl == "triton":
-        path["gemv_configs"] = ";".join(f"{k}={v}" for k, v in dec.ops.tuner.describe().items())
     extra = {"first_step_s": first_step_s, "refine_s": dec.refine_s, "cache_bytes": cache.nbytes(),
              "prefill_warmup_s": prefill_warmup_s,
              "prefill_compile_s": max(0.0, prefill_warmup_s - prefill_s), "prefill_warm": True}
@@ -354,8 +352,6 @@ def speed_run(model, label: str, output_tokens: int = 256, repeats: int = 3, imp
     dec.record_path()
     path = {**model.code_path.as_dict(), **dec.path(),
             "prefill": "cuda-graph (embedding eager)" if pg is not None else "eager"}
-    if dec.impl == "triton":
-        path["gemv_configs"] = ";".join(f"{k}={v}" for k, v in dec.ops.tuner.describe().items())
     emb = model.config.embedding_config
     extra = {"totals_s": [a + b for a, b in runs], "capture_s": capture_s, "repeats": repeats, "eos_stop": False}
     if pg is not None:
