@@ -8,5 +8,14 @@
 - :mod:`.verdicts`: the paper's orderings and whether the intervals support them.
 - :mod:`.report`, :mod:`.plots`: ``report.md``, ``report.csv`` and the two Pareto plots.
 
+``mmmamba-bench place``: where should a hybrid's attention layers go?
+
+- :mod:`.place`: checks, the resumable search (``search.json``), the proposal, ``--evaluate``.
+- :mod:`.utility`: one run per (layer, seed): a student keeping only that layer as attention, stage 3 alone, the
+  held-out KL; paired seeding.
+- :mod:`.ranking`: utilities with Student-t intervals over seeds, paired comparisons, the seed bootstrap.
+- :mod:`.budget`: K layers / decode latency / memory budgets and the greedy selection.
+- :mod:`.place_report`: ``place.json`` and ``place.md``; :mod:`.evaluate`: the proposal beside head-interleaved.
+
 Importing this package is cheap: nothing heavy is imported until a function needs it.
 """
