@@ -49,9 +49,11 @@ class PlaceResult:
         return self.proposals[0]
 
     @property
-    def resolved(self) -> bool:
-        """Every proposed layer's utility above every left-out candidate's, each paired interval excluding 0."""
-        return all(c.resolved for c in self.boundary)
+    def resolved(self) -> bool | None:
+        """Every proposed layer's utility above every left-out candidate's, each paired interval excluding 0 (an
+        intersection-union test: the joint claim holds at the pairs' 95%); None when no pair separates the proposal
+        from the rest (none or every candidate proposed)."""
+        return all(c.resolved for c in self.boundary) if self.boundary else None
 
 
 def analyse(plan, records: Sequence[dict[str, Any]], cost_of: Callable[[tuple[int, ...]], CostRow]) -> PlaceResult:
