@@ -109,56 +109,6 @@ def test_mamba_step_ops(shape, gen):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("block_n", [2, 8])
-def test_in_projection_with_the_state_update_fused(shape, block_n, gen):
-    """One kernel for the in-projection and the state update (the program completing a head's inputs updates that
-    head) gives what the two separate ops give, twice in a row (its per-head counters come back to zero)."""
-    H, nh, nkv, hd, I, V = shape
-    ops = _ops()
-    for bk in (512, 256):  # force BLOCK_N (the count each head waits for depends on it)
-        if H % bk == 0:
-            break
-    C, G = (2 * nkv + nh) * hd, nh * hd
-    N = C + G + nh
-    ops.tuner.set(("mamba_in_ssm", N, H), (block_n, bk, 4, 3), "default")
-    x, nw = _rand(H, gen=gen), (1 + 0.1 * torch.randn(H, generator=gen)).to(DEV, BF)
-    W = _rand(N, H, scale=H ** -0.5, gen=gen)
-    conv_w, conv_b = _rand(C, 2, scale=0.5, gen=gen), _rand(C, scale=0.1, gen=gen)
-    dt_bias = (torch.rand(nh, generator=gen) * 2 - 3).to(DEV, BF)
-    A_log = (torch.rand(nh, generator=gen) * 2 - 1).to(DEV, BF)
-    cs0, S0 = _rand(C, gen=gen), torch.randn(nh, hd, hd, generator=gen).to(DEV) * 0.1
-    outs = []
-    for fused in (True, False):
-        cs, S = cs0.clone(), S0.clone()
-        cnt = torch.zeros(nh, dtype=torch.int32, device=DEV)
-        steps = []
-        for step in range(2):
-            xbc = torch.full((C,), float("nan"), device=DEV, dtype=BF)
-            g = torch.full((G,), float("nan"), device=DEV, dtype=BF)
-            dt = torch.full((nh,), float("nan"), device=DEV, dtype=torch.float32)
-            y = torch.full((G,), float("nan"), device=DEV, dtype=BF)
-            xs = x if step == 0 else x.flip(0)
-            if fused:
-                ops.norm_gemv_mamba_in_ssm(xs, nw, 1e-5, W, cs, conv_w, conv_b, dt_bias, xbc, g, dt, A_log, S, y, nkv,
-                                           cnt)
-                assert not cnt.any(), "the per-head counters must return to zero"
-            else:
-                ops.norm_gemv_mamba_in(xs, nw, 1e-5, W, cs, conv_w, conv_b, dt_bias, xbc, g, dt)
-                ops.ssm_step(xbc, dt, A_log, S, y, nkv)
-            steps.append((cs.clone(), xbc, g, dt, S.clone(), y))
-        outs.append(steps)
-    for step in range(2):
-        for a, b in zip(outs[0][step], outs[1][step]):
-            assert not a.isnan().any() and rel_err(a, b) < 1e-5, f"step {step}"
-    # and the plain twin agrees within bf16 tolerance
-    cs, S = cs0.clone(), S0.clone()
-    xbc, g = torch.empty(C, device=DEV, dtype=BF), torch.empty(G, device=DEV, dtype=BF)
-    dt, y = torch.empty(nh, device=DEV, dtype=torch.float32), torch.empty(G, device=DEV, dtype=BF)
-    torch_ops.norm_gemv_mamba_in_ssm(x, nw, 1e-5, W, cs, conv_w, conv_b, dt_bias, xbc, g, dt, A_log, S, y, nkv)
-    assert rel_err(outs[0][0][5], y) < RTOL_BF16 and rel_err(outs[0][0][4], S) < RTOL_BF16
-
-
-@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("length", [1, 77, 1000])
 def test_attention_ops(shape, length, gen):
     from mmmamba_bench.fast.triton_ops import AttnPlan

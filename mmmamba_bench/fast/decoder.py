@@ -1,8 +1,7 @@
 """One batch-1 decode step over the model's fixed-shape cache, as a few fused ops, captured once in a CUDA graph.
 
-Per Mamba-2 layer: RMSNorm+in-projection+conv+SiLU+softplus with the state update in the same kernel (each
-head updated by the program that completes its inputs) -> gated norm+o_proj+residual -> RMSNorm+w1/w3+SwiGLU ->
-w2+residual (4 launches). Per attention layer: RMSNorm+wqkv+RoPE+cache write ->
+Per Mamba-2 layer: RMSNorm+in-projection+conv+SiLU+softplus -> state update -> gated norm+o_proj+residual ->
+RMSNorm+w1/w3+SwiGLU -> w2+residual (5 launches). Per attention layer: RMSNorm+wqkv+RoPE+cache write ->
 split-KV attention -> merge -> wo+residual -> the same MLP (6 launches). Then the final norm + output head and,
 when ``greedy``, the argmax that becomes the next step's input. The token and its position live in device
 tensors (``tok``, ``pos``) that the step itself advances, so replaying the graph N times decodes N tokens with no
@@ -37,7 +36,6 @@ class TorchOps:
 
     name = "torch"
     norm_gemv_mamba_in = staticmethod(torch_ops.norm_gemv_mamba_in)
-    norm_gemv_mamba_in_ssm = staticmethod(torch_ops.norm_gemv_mamba_in_ssm)
     ssm_step = staticmethod(torch_ops.ssm_step)
     gated_gemv_residual = staticmethod(torch_ops.gated_gemv_residual)
     norm_gemv_swiglu = staticmethod(torch_ops.norm_gemv_swiglu)
@@ -158,7 +156,6 @@ class FastDecoder:
         self.xbc = torch.zeros((2 * self.nkv + self.nh) * self.hd, dtype=dt, device=dev)
         state_dtype = torch.float64 if dt == torch.float64 else torch.float32
         self.dt = torch.zeros(self.nh, dtype=state_dtype, device=dev)
-        self.ssm_counters = torch.zeros(self.nh, dtype=torch.int32, device=dev)  # the fused kernel's per-head counts
         self.has_attention = any(L.kind == "mha" for L in self.layers)
         self.rope: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.plan = None
@@ -192,9 +189,9 @@ class FastDecoder:
             if i == self.n_emb and self.normalize:
                 x.copy_(F.normalize(x.view(1, 1, -1), dim=-1).view(-1))
             if L.kind == "mamba2":
-                ops.norm_gemv_mamba_in_ssm(x, L.norm1, L.eps, L.w_in, L.conv_state, L.conv_w, L.conv_b, L.dt_bias,
-                                           self.xbc, self.g, self.dt, L.a_log, L.ssm_state, self.y, self.nkv,
-                                           self.ssm_counters)
+                ops.norm_gemv_mamba_in(x, L.norm1, L.eps, L.w_in, L.conv_state, L.conv_w, L.conv_b, L.dt_bias,
+                                       self.xbc, self.g, self.dt)
+                ops.ssm_step(self.xbc, self.dt, L.a_log, L.ssm_state, self.y, self.nkv)
                 ops.gated_gemv_residual(self.y, self.g, L.gate_w, GATE_NORM_EPS, L.w_o, x)
             else:
                 cos, sin = self.rope[L.stack]
@@ -334,7 +331,7 @@ class FastDecoder:
         """Which implementation runs the decode step (for result rows)."""
         out = {"decode": f"fast-{self.impl}", "graph": "cuda_graph" if self.graph is not None else "none",
                "gemv": "triton-fused" if self.impl == "triton" else "torch",
-               "ssd_step": "triton-fused (in the in-projection kernel)" if self.impl == "triton" else "torch",
+               "ssd_step": "triton-fused" if self.impl == "triton" else "torch",
                "attention": ("triton-split-kv" if self.impl == "triton" else "sdpa") if self.has_attention else "-"}
         if self.impl == "triton":
             out["pdl"] = "on" if self.ops.pdl else "off"

@@ -50,14 +50,6 @@ def ssm_step(xbc, dt, A_log, state, y_out, nkv: int) -> None:
     y_out.copy_(torch.einsum("hpn,hn->hp", state, q).reshape(-1))
 
 
-def norm_gemv_mamba_in_ssm(x, norm_w, eps, W, conv_state, conv_w, conv_b, dt_bias, xbc_out, g_out, dt_out, A_log,
-                           state, y_out, nkv: int, counters=None) -> None:
-    """:func:`norm_gemv_mamba_in` then :func:`ssm_step` (the Triton kernel does both in one launch; ``counters``
-    is its bookkeeping, unused here)."""
-    norm_gemv_mamba_in(x, norm_w, eps, W, conv_state, conv_w, conv_b, dt_bias, xbc_out, g_out, dt_out)
-    ssm_step(xbc_out, dt_out, A_log, state, y_out, nkv)
-
-
 def gated_gemv_residual(y, g, gate_w, eps, W, x) -> None:
     """x += o_proj(RMSNorm_per_head(y) * gate_w * SiLU(g)), with the model's roundings; x updated in place."""
     hd = gate_w.shape[0]

@@ -39,9 +39,8 @@ from mmmamba_bench.fast.tuning import (ATTN_CANDIDATES, ATTN_DEFAULT, GEMV_CANDI
                                        GemvTuner, default_config)
 
 LOG2E = 1.4426950408889634
-KEY_EMPTY = -(2 ** 63)  # the argmax key before any head program has folded its rows in
-_KEY_EMPTY = tl.constexpr(KEY_EMPTY)  # the same, visible inside kernels (plain globals are not)
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests)
+KEY_EMPTY = -(2 ** 63)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests)  # the argmax key before any head program has folded its rows in
 
 
 def pdl_supported(device: torch.device | None = None) -> bool:
@@ -149,40 +148,14 @@ def _argmax_finish_kernel(key_ptr, tok_ptr, pos_ptr, PDL: tl.constexpr):
     key = tl.load(key_ptr)
     row = tl.full([], 4294967295, tl.int64) - (key & tl.full([], 4294967295, tl.int64))
     tl.store(tok_ptr, row)
-    tl.store(key_ptr, tl.full([], _KEY_EMPTY, tl.int64))
+    tl.store(key_ptr, tl.full([], KEY_EMPTY, tl.int64))
     tl.store(pos_ptr, tl.load(pos_ptr) + 1)
 
 
 @triton.jit
-def _ssm_head(h, xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP: tl.constexpr, NKV: tl.constexpr, P: tl.constexpr,
-              NS: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Head h's whole state update (as ``_ssm_step_kernel``), reading the conv outputs and dt that other programs
-    of this grid wrote (``.cg``: from L2, never a stale L1 line)."""
-    g = h // N_REP
-    n = tl.arange(0, NS)
-    A = -tl.exp(tl.load(alog_ptr + h).to(tl.float32))
-    dt = tl.load(dt_ptr + h, cache_modifier=".cg")
-    kB = tl.load(xbc_ptr + NKV * P + g * NS + n, cache_modifier=".cg").to(tl.float32)
-    qC = tl.load(xbc_ptr + NKV * (P + NS) + h * NS + n, cache_modifier=".cg").to(tl.float32)
-    decay = tl.exp(dt * A)
-    for p0 in tl.static_range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        offs = h * P * NS + p[:, None] * NS + n[None, :]
-        S = tl.load(S_ptr + offs)
-        v = tl.load(xbc_ptr + g * P + p, cache_modifier=".cg").to(tl.float32)
-        S = S * decay + (dt * v)[:, None] * kB[None, :]
-        tl.store(S_ptr + offs, S)
-        y = tl.sum(S * qC[None, :], axis=1)
-        tl.store(y_ptr + h * P + p, y.to(tl.bfloat16))
-
-
-@triton.jit
 def _mamba_in_kernel(x_ptr, nw_ptr, eps, W_ptr, cs_ptr, cw_ptr, cb_ptr, dtb_ptr, xbc_ptr, g_ptr, dt_ptr, N,
-                     alog_ptr, S_ptr, y_ptr, cnt_ptr,
                      C: tl.constexpr, G: tl.constexpr, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr, FUSE_SSM: tl.constexpr = False,
-                     N_REP: tl.constexpr = 1, NKV: tl.constexpr = 1, P: tl.constexpr = 1, NS: tl.constexpr = 1,
-                     EXPECT: tl.constexpr = 1, BLOCK_P: tl.constexpr = 32):
+                     BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
@@ -212,30 +185,6 @@ def _mamba_in_kernel(x_ptr, nw_ptr, eps, W_ptr, cs_ptr, cw_ptr, cb_ptr, dtb_ptr,
     z = val + tl.load(dtb_ptr + (rows - C - G), mask=is_dt, other=0.0).to(tl.float32)
     sp = tl.where(z > 20.0, z, tl.where(z < -15.0, tl.exp(z), tl.log(1.0 + tl.exp(z))))
     tl.store(dt_ptr + (rows - C - G), sp, mask=is_dt)
-    if FUSE_SSM:
-        # The state update, without a kernel of its own: every program counts itself in for each head whose
-        # inputs it wrote (v / k rows of its KV group: that group's N_REP heads; q rows: one head; dt rows: those
-        # heads); the program that completes a head's count (EXPECT) runs that head's update. The barrier makes
-        # this program's stores precede its release; the acquire orders the update's loads after everyone's.
-        tl.debug_barrier()
-        VK: tl.constexpr = NKV * P
-        KE: tl.constexpr = NKV * (P + NS)
-        NH: tl.constexpr = (C - KE) // NS
-        r0 = tl.program_id(0) * BLOCK_N
-        in_vk = r0 < KE
-        in_q = (r0 >= KE) & (r0 < C)
-        in_dt = r0 >= C + G
-        grp = tl.where(r0 < VK, r0 // P, (r0 - VK) // NS)
-        h_lo = tl.where(in_vk, grp * N_REP, tl.where(in_q, (r0 - KE) // NS, r0 - C - G))
-        n_h = tl.where(in_vk, N_REP, tl.where(in_q, 1, tl.where(in_dt, tl.minimum(BLOCK_N, NH - (r0 - C - G)), 0)))
-        j = h_lo * 0
-        while j < n_h:
-            h = h_lo + j
-            old = tl.atomic_add(cnt_ptr + h, 1, sem="acq_rel", scope="gpu")
-            if old == EXPECT - 1:
-                _ssm_head(h, xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP, NKV, P, NS, BLOCK_P)
-                tl.atomic_xchg(cnt_ptr + h, 0, sem="relaxed", scope="gpu")  # ready for the next layer
-            j += 1
 
 
 @triton.jit
@@ -501,44 +450,15 @@ class TritonOps:
 
         def launch(cfg, cs, xo, go, do):
             bn, bk, nw, ns = cfg
-            _mamba_in_kernel[_grid_n(N, bn)](x, norm_w, eps, W, cs, conv_w, conv_b, dt_bias, xo, go, do, N, None, None,
-                                             None, None, C=C, G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0,
-                                             num_warps=nw, num_stages=ns, **self._kw)
+            _mamba_in_kernel[_grid_n(N, bn)](x, norm_w, eps, W, cs, conv_w, conv_b, dt_bias, xo, go, do, N, C=C,
+                                             G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns,
+                                             **self._kw)
 
         scratch = None
         if self._needs("mamba_in", N, K):
             scratch = (conv_state.clone(), torch.empty_like(xbc_out), torch.empty_like(g_out), torch.empty_like(dt_out))
         cfg = self.tuner.get("mamba_in", N, K, bench=(lambda c: launch(c, *scratch)) if scratch else None)
         launch(cfg, conv_state, xbc_out, g_out, dt_out)
-
-    def norm_gemv_mamba_in_ssm(self, x, norm_w, eps, W, conv_state, conv_w, conv_b, dt_bias, xbc_out, g_out, dt_out,
-                               A_log, state, y_out, nkv: int, counters) -> None:
-        """:meth:`norm_gemv_mamba_in` and :meth:`ssm_step` in one kernel; ``counters`` [nh] int32, zero between
-        calls (the kernel leaves them zero)."""
-        N, K = W.shape
-        C, G = conv_state.shape[0], g_out.shape[0]
-        nh, P, NS = state.shape
-
-        def ok(c) -> bool:
-            return P % c[0] == 0 and NS % c[0] == 0 and C % c[0] == 0 and G % c[0] == 0
-
-        def launch(cfg, cs, xo, go, do, S, y, cnt):
-            bn, bk, nw, ns = cfg
-            _mamba_in_kernel[_grid_n(N, bn)](x, norm_w, eps, W, cs, conv_w, conv_b, dt_bias, xo, go, do, N, A_log, S,
-                                             y, cnt, C=C, G=G, K=K, BLOCK_N=bn, BLOCK_K=bk, EVEN_N=N % bn == 0,
-                                             FUSE_SSM=True, N_REP=nh // nkv, NKV=nkv, P=P, NS=NS,
-                                             EXPECT=(P + 2 * NS) // bn + 1, BLOCK_P=min(32, P), num_warps=nw,
-                                             num_stages=ns, **self._kw)
-
-        scratch = None
-        if self._needs("mamba_in_ssm", N, K):
-            scratch = (conv_state.clone(), torch.empty_like(xbc_out), torch.empty_like(g_out), torch.empty_like(dt_out),
-                       state.clone(), torch.empty_like(y_out), torch.zeros_like(counters))
-        cfg = self.tuner.get("mamba_in_ssm", N, K, bench=(lambda c: launch(c, *scratch)) if scratch else None,
-                             constraint=ok)
-        if not ok(cfg):
-            raise ValueError(f"mamba_in_ssm: BLOCK_N {cfg[0]} must divide P={P}, N={NS}, C={C} and G={G}")
-        launch(cfg, conv_state, xbc_out, g_out, dt_out, state, y_out, counters)
 
     def ssm_step(self, xbc, dt, A_log, state, y_out, nkv: int) -> None:
         nh, p, n = state.shape
