@@ -95,8 +95,10 @@ def _normed(x_ptr, nw_ptr, offs, rstd):
 # ---- RMSNorm + GEMV family --------------------------------------------------------------------------------------
 
 @triton.jit
-def _norm_gemv_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr):
+def _norm_gemv_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, key_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr, ARGMAX: tl.constexpr = False):
+    """out = W RMSNorm(x); with ARGMAX (the output head of a greedy step) also this program's share of the pick:
+    the max of its rows' bf16 logits and the first row holding it, folded into ``key`` [1] int64 (``atomic_max``)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
     cols = tl.arange(0, BLOCK_K)
@@ -108,37 +110,18 @@ def _norm_gemv_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, N, K: tl.constexpr, BL
         xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
         w = _wtile(W_ptr, rows, rmask, k0, cols, K, EVEN_N)
         acc += w.to(tl.float32) * xin[None, :]
-    out = tl.sum(acc, axis=1)
-    tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=rmask)
-
-
-@triton.jit
-def _norm_gemv_argmax_kernel(x_ptr, nw_ptr, eps, W_ptr, out_ptr, key_ptr, N, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr, PDL: tl.constexpr):
-    """The output head (as ``_norm_gemv_kernel``) plus this program's share of the greedy pick: the max of its
-    rows' bf16 logits and the first row holding it, folded into ``key`` [1] int64 with ``atomic_max``."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    cols = tl.arange(0, BLOCK_K)
-    w = _wtile(W_ptr, rows, rmask, 0, cols, K, EVEN_N)
-    _pdl_sync(PDL)
-    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
-    acc = w.to(tl.float32) * _normed(x_ptr, nw_ptr, cols, rstd)[None, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        xin = _normed(x_ptr, nw_ptr, k0 + cols, rstd)
-        w = _wtile(W_ptr, rows, rmask, k0, cols, K, EVEN_N)
-        acc += w.to(tl.float32) * xin[None, :]
     out = tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows, out, mask=rmask)
-    v = out.to(tl.float32)
-    v = tl.where(v == 0.0, 0.0, v)  # -0.0 == +0.0 for argmax
-    v = tl.where(rmask, v, float("-inf"))
-    best = tl.max(v, axis=0)
-    row = tl.program_id(0) * BLOCK_N + tl.argmax(v, axis=0, tie_break_left=True)
-    bits = best.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # signed-int order == float order
-    low = tl.full([], 4294967295, tl.int64) - row.to(tl.int64)  # a smaller row wins a tie
-    tl.atomic_max(key_ptr, (ordered.to(tl.int64) << 32) | low)
+    if ARGMAX:
+        v = out.to(tl.float32)
+        v = tl.where(v == 0.0, 0.0, v)  # -0.0 == +0.0 for argmax
+        v = tl.where(rmask, v, float("-inf"))
+        best = tl.max(v, axis=0)
+        row = tl.program_id(0) * BLOCK_N + tl.argmax(v, axis=0, tie_break_left=True)
+        bits = best.to(tl.int32, bitcast=True)
+        ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # signed-int order == float order
+        low = tl.full([], 4294967295, tl.int64) - row.to(tl.int64)  # a smaller row wins a tie
+        tl.atomic_max(key_ptr, (ordered.to(tl.int64) << 32) | low)
 
 
 @triton.jit
@@ -512,7 +495,7 @@ class TritonOps:
 
         def launch(cfg, o):
             bn, bk, nw, ns = cfg
-            _norm_gemv_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
+            _norm_gemv_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, None, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
                                               EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns, **self._kw)
 
         scratch = torch.empty_like(out) if self._needs("norm_gemv", N, K) else None
@@ -526,8 +509,9 @@ class TritonOps:
 
         def launch(cfg, o, kk):
             bn, bk, nw, ns = cfg
-            _norm_gemv_argmax_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, kk, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
-                                                     EVEN_N=N % bn == 0, num_warps=nw, num_stages=ns, **self._kw)
+            _norm_gemv_kernel[_grid_n(N, bn)](x, norm_w, eps, W, o, kk, N, K=K, BLOCK_N=bn, BLOCK_K=bk,
+                                              EVEN_N=N % bn == 0, ARGMAX=True, num_warps=nw, num_stages=ns,
+                                              **self._kw)
 
         scratch = (torch.empty_like(out), new_argmax_key(out.device)) if self._needs("head_argmax", N, K) else None
         cfg = self.tuner.get("head_argmax", N, K, bench=(lambda c: launch(c, *scratch)) if scratch else None)
