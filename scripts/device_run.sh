@@ -8,6 +8,7 @@
 #   hovle   : the HoVLE profile (optimised, paper baseline, transformers peer) + the 24 GiB cap runs + GPU decode tests
 #   h200    : GPU tests + one optimised profile per model + Table 2, launch configurations tuned once and cached in
 #             $OUT/decode-tuning.json (MMMAMBA_BENCH_TUNE_CACHE)
+#   bw      : scripts/bw_probe.py (copy / read bandwidth; each GEMV kernel x32 layers vs one launch of the same bytes)
 #   probe   : scripts/perf_probe.py (PDL A/B, GEMV configs, Table-2 prefill breakdown, peer variants) + GPU tests
 set -uo pipefail
 stage=${1:?stage}
@@ -48,6 +49,9 @@ case $stage in
       --baseline optimized --out "$OUT/profile_hovle_h200.json" 2>&1 | tee "$OUT/profile_hovle.log" | grep -v "refine " | tail -14
     python3 -m mmmamba_bench.cli speed --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --out "$OUT/speed_h200.json" 2>&1 | tail -4
     python3 -m pytest -q -s -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -k "not ssd_backend" 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
+    ;;
+  bw)  # where the decode step loses bandwidth: 32 launches of each GEMV kernel vs one launch of the same bytes
+    MMMAMBA_BENCH_TUNE_CACHE=${MMMAMBA_BENCH_TUNE_CACHE:-reports/h200/decode-tuning.json} python3 scripts/bw_probe.py 2>&1 | tee "$OUT/bw_probe.log" | tail -40
     ;;
   check)
     python3 -m pytest -q -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -x 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
