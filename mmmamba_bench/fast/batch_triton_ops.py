@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from mmmamba_bench.fast.triton_ops import attn_tile
+
 LOG2E = 1.4426950408889634
 
 
@@ -196,20 +198,8 @@ def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, npad_ptr, idx_ptr, m_ptr, l_ptr, o
     base = (b * NKV + g) * T_max * HD
     if hi > tl.maximum(lo, first):  # splits with no attended key only record "empty"
         for t0 in range(0, SPLIT, BLOCK_T):
-            t = lo + t0 + tl.arange(0, BLOCK_T)
-            tm = (t < hi) & (t >= first)
-            kv_off = base + t[:, None].to(tl.int64) * HD + d[None, :]
-            k = tl.load(kc_ptr + kv_off, mask=tm[:, None], other=0.0)
-            sc = tl.dot(q, tl.trans(k.to(tl.float32))) * qk_scale  # log2 domain
-            sc = tl.where(tm[None, :], sc, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a block of padding only: nothing to add
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(sc - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(vc_ptr + kv_off, mask=tm[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
-            m_i = m_new
+            m_i, l_i, acc = attn_tile(q, kc_ptr, vc_ptr, base, lo + t0 + tl.arange(0, BLOCK_T), first, hi, d, m_i,
+                                      l_i, acc, qk_scale, HD)
     head = b * (NKV * N_REP) + g * N_REP + rq
     tl.store(m_ptr + head * n_splits + s, m_i, mask=qmask)
     tl.store(l_ptr + head * n_splits + s, l_i, mask=qmask)

@@ -326,17 +326,19 @@ def _ssm_step_kernel(xbc_ptr, dt_ptr, alog_ptr, S_ptr, y_ptr, N_REP: tl.constexp
 # ---- attention over the static cache ----------------------------------------------------------------------------
 
 @triton.jit
-def _attn_tile(q, kc_ptr, vc_ptr, base, t, end, d, m_i, l_i, acc, qk_scale, HD: tl.constexpr):
-    """One BLOCK_T slice of the cache folded into the online softmax (m_i, l_i, acc) of the 16 query rows."""
-    tm = t < end
+def attn_tile(q, kc_ptr, vc_ptr, base, t, first, end, d, m_i, l_i, acc, qk_scale, HD: tl.constexpr):
+    """One BLOCK_T slice t of a KV cache (keys first <= t < end attended) folded into the online softmax
+    (m_i, l_i, acc) of 16 query rows (log2 domain). Shared by the batch-1 and the batched split-KV kernels."""
+    tm = (t < end) & (t >= first)
     kv_off = base + t[:, None].to(tl.int64) * HD + d[None, :]
     k = tl.load(kc_ptr + kv_off, mask=tm[:, None], other=0.0)
     # float32 operands (tf32 dots hold bf16 values exactly; Triton's interpreter mis-multiplies bf16 dots)
-    sc = tl.dot(q, tl.trans(k.to(tl.float32))) * qk_scale  # log2 domain
+    sc = tl.dot(q, tl.trans(k.to(tl.float32))) * qk_scale
     sc = tl.where(tm[None, :], sc, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(sc - m_new[:, None])
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a slice with nothing attended yet adds nothing
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(sc - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = tl.load(vc_ptr + kv_off, mask=tm[:, None], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
@@ -367,12 +369,12 @@ def _attn_split_kernel(q_ptr, kc_ptr, vc_ptr, pos_ptr, m_ptr, l_ptr, o_ptr, T_ma
         # cannot loop to a run-time bound, so there the split comes as the constant STATIC_SPLIT.
         if STATIC_SPLIT > 0:
             for t0 in range(0, STATIC_SPLIT, BLOCK_T):
-                m_i, l_i, acc = _attn_tile(q, kc_ptr, vc_ptr, base, start + t0 + tl.arange(0, BLOCK_T), end, d, m_i,
-                                           l_i, acc, qk_scale, HD)
+                m_i, l_i, acc = attn_tile(q, kc_ptr, vc_ptr, base, start + t0 + tl.arange(0, BLOCK_T), 0, end, d,
+                                          m_i, l_i, acc, qk_scale, HD)
         else:
             for t0 in range(0, split, BLOCK_T):
-                m_i, l_i, acc = _attn_tile(q, kc_ptr, vc_ptr, base, start + t0 + tl.arange(0, BLOCK_T), end, d, m_i,
-                                           l_i, acc, qk_scale, HD)
+                m_i, l_i, acc = attn_tile(q, kc_ptr, vc_ptr, base, start + t0 + tl.arange(0, BLOCK_T), 0, end, d,
+                                          m_i, l_i, acc, qk_scale, HD)
     head = g * N_REP + rq
     tl.store(m_ptr + head * n_splits + s, m_i, mask=qmask)
     tl.store(l_ptr + head * n_splits + s, l_i, mask=qmask)
