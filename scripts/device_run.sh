@@ -42,13 +42,13 @@ case $stage in
     ;;
   h200)  # issue 13: GPU tests, then one profile per model (optimised) and the Table-2 run, tuning cached in $OUT
     export MMMAMBA_BENCH_TUNE_CACHE=${MMMAMBA_BENCH_TUNE_CACHE:-$OUT/decode-tuning.json}
-    python3 -m pytest -q -s -m gpu tests/test_kernels_gpu.py -k "argmax or fused" 2>&1 | tail -2  # fail fast
+    python3 -m pytest -q -s -m gpu tests/test_kernels_gpu.py -k "argmax or attention" 2>&1 | tail -2  # fail fast
     python3 -m mmmamba_bench.cli profile --models mmmamba-linear,mmmamba-hybrid --contexts "${CONTEXTS:-1k,2k,4k,8k,16k,32k,64k,103k,128k}" \
       --baseline optimized --out "$OUT/profile_mamba_h200.json" 2>&1 | tee "$OUT/profile_mamba.log" | grep -v "^$" | grep -v "refine " | tail -25
     python3 -m mmmamba_bench.cli profile --models hovle-2.6b --contexts "${CONTEXTS:-1k,2k,4k,8k,16k,32k,64k,103k,128k}" \
       --baseline optimized --out "$OUT/profile_hovle_h200.json" 2>&1 | tee "$OUT/profile_hovle.log" | grep -v "refine " | tail -14
     python3 -m mmmamba_bench.cli speed --models mmmamba-linear,mmmamba-hybrid,hovle-2.6b --out "$OUT/speed_h200.json" 2>&1 | tail -4
-    python3 -m pytest -q -s -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py -k "not ssd_backend" 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
+    python3 -m pytest -q -s -m gpu tests/test_kernels_gpu.py tests/test_fast_decode_gpu.py tests/test_batched_decode_gpu.py -k "not ssd_backend" 2>&1 | tee "$OUT/gpu_tests.log" | tail -12
     ;;
   bw)  # where the decode step loses bandwidth: 32 launches of each GEMV kernel vs one launch of the same bytes
     MMMAMBA_BENCH_TUNE_CACHE=${MMMAMBA_BENCH_TUNE_CACHE:-reports/h200/decode-tuning.json} python3 scripts/bw_probe.py 2>&1 | tee "$OUT/bw_probe.log" | tail -40
