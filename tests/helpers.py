@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from mmmamba_bench.config import ChatConfig, preset
@@ -51,3 +53,19 @@ def image_prompt(model: MMMambaChatModel, n_tiles: int = 1, text_len: int = 10, 
     rows = [ids + torch.randint(0, cfg.llm_vocab_size, (text_len,), generator=gen).tolist() for _ in range(batch)]
     pv = torch.randn(n_tiles * batch, 3, cfg.image_size, cfg.image_size, generator=gen)
     return torch.tensor(rows), pv
+
+
+def assert_cli_refuses_in_one_line(argv: list[str], extra: list[str], message: str, capsys, out: Path) -> None:
+    """``mmmamba-bench argv + extra`` exits 2 with one stderr line holding ``message`` and creates nothing at
+    ``out``; skipped when ``--cost`` is given and a CUDA GPU is visible (measured cost is then allowed)."""
+    import pytest
+
+    from mmmamba_bench.cli import main
+
+    if "--cost" in extra and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: --cost measured is allowed")
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+

@@ -266,19 +266,11 @@ def test_search_ranks_the_layer_that_matters_first_and_resumes(one_layer_teacher
 ])
 def test_cli_refuses_a_bad_search_in_one_line_before_any_work(tiny_data, tmp_path, capsys, extra, message):
     from mmmamba_bench.assets import recipes_dir
-    from mmmamba_bench.cli import main
+    from tests.helpers import assert_cli_refuses_in_one_line
 
     argv = ["place", "--teacher", "demo-teacher", "--budget", "2", "--recipe", str(recipes_dir() / "linear-demo.yaml"),
             "--out", str(tmp_path / "out"), "--data", str(tiny_data)]
     if "--budget" in extra:
         i = argv.index("--budget")
         del argv[i:i + 2]
-    if "--cost" in extra:
-        import torch
-
-        if torch.cuda.is_available():
-            pytest.skip("a CUDA GPU is visible: --cost measured is allowed")
-    assert main([*argv, *extra]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
-    assert not (tmp_path / "out").exists()
+    assert_cli_refuses_in_one_line(argv, extra, message, capsys, tmp_path / "out")

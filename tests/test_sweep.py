@@ -249,7 +249,7 @@ def test_quality_from_samples_equals_lmms_evals_scores_and_orders_a_degraded_cop
 ])
 def test_cli_refuses_a_bad_sweep_in_one_line_before_any_work(tmp_path, capsys, extra, message):
     from mmmamba_bench.assets import recipes_dir
-    from mmmamba_bench.cli import main
+    from tests.helpers import assert_cli_refuses_in_one_line
 
     argv = ["sweep", "--teacher", "demo-teacher", "--recipe", str(recipes_dir() / "linear-demo.yaml"), "--tasks",
             "mini_sqa", "--out", str(tmp_path / "out")]
@@ -257,15 +257,7 @@ def test_cli_refuses_a_bad_sweep_in_one_line_before_any_work(tmp_path, capsys, e
         if flag in extra:
             i = argv.index(flag)
             del argv[i:i + 2]
-    if "--cost" in extra:
-        import torch
-
-        if torch.cuda.is_available():
-            pytest.skip("a CUDA GPU is visible: --cost measured is allowed")
-    assert main([*argv, *extra]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
-    assert not (tmp_path / "out").exists()
+    assert_cli_refuses_in_one_line(argv, extra, message, capsys, tmp_path / "out")
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------------

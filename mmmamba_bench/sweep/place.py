@@ -39,7 +39,7 @@ from mmmamba_bench.results import write_json_atomic
 from mmmamba_bench.sweep.budget import Budget, LayerCosts
 from mmmamba_bench.sweep.cost import MEASURED, MODELLED, CostRow, GpuSpec
 from mmmamba_bench.sweep.place_report import SCHEMA, analyse, write_place
-from mmmamba_bench.sweep.runner import PAPER_CONTEXT, SweepPlan, SweepSettings
+from mmmamba_bench.sweep.runner import PAPER_CONTEXT, SweepPlan, SweepSettings, recipe_source
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class SearchManifest:
         self.path = path
         self.data: dict[str, Any] = {"schema": SCHEMA, "settings": plan.identity,
                                      "settings_sha256": plan.identity_sha256, "teacher": str(plan.settings.teacher),
-                                     "recipe": _recipe_source(plan.settings.recipe), "runs": {}, "invocations": []}
+                                     "recipe": recipe_source(plan.settings.recipe), "runs": {}, "invocations": []}
         if path.is_file():
             old = json.loads(path.read_text())
             if old.get("settings_sha256") != plan.identity_sha256:
@@ -268,10 +268,6 @@ class SearchManifest:
 
     def write(self) -> None:
         write_json_atomic(self.path, self.data)
-
-
-def _recipe_source(recipe: Any) -> str:
-    return str(recipe) if isinstance(recipe, (str, os.PathLike)) else type(recipe).__name__
 
 
 # ---- the search ----------------------------------------------------------------------------------------------------

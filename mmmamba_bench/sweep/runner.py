@@ -200,7 +200,7 @@ class Manifest:
         self.path = path
         self.data: dict[str, Any] = {"schema": SCHEMA, "settings": plan.identity,
                                      "settings_sha256": plan.identity_sha256, "teacher": str(plan.settings.teacher),
-                                     "recipe": _recipe_source(plan.settings.recipe), "configs": {}, "runs": []}
+                                     "recipe": recipe_source(plan.settings.recipe), "configs": {}, "runs": []}
         if path.is_file():
             old = json.loads(path.read_text())
             if old.get("settings_sha256") != plan.identity_sha256:
@@ -236,7 +236,8 @@ class Manifest:
         write_json_atomic(self.path, self.data)
 
 
-def _recipe_source(recipe: Any) -> str:
+def recipe_source(recipe: Any) -> str:
+    """How a manifest names the recipe: its path, or the type of an in-memory recipe."""
     return str(recipe) if isinstance(recipe, (str, os.PathLike)) else type(recipe).__name__
 
 
