@@ -99,7 +99,7 @@ def test_a_decoder_describes_only_the_configurations_it_requested():
     t = GemvTuner(tune=False)
     t.get("swiglu", 8192, 2048)
     t.get("attn", 1024, 4096, candidates=ATTN_CANDIDATES, default=ATTN_DEFAULT)
-    mark = len(t.requested)  # a second decoder (another context) starts here
+    mark = t.requests  # a second decoder (another context) starts here
     t.get("attn", 1024, 8192, candidates=ATTN_CANDIDATES, default=ATTN_DEFAULT)
     t.get("swiglu", 8192, 2048)
     t.get("swiglu", 8192, 2048)

@@ -132,7 +132,7 @@ class FastDecoder:
             from mmmamba_bench.fast.triton_ops import GemvTuner, TritonOps, new_argmax_key
 
             self.ops = TritonOps(tuner if tuner is not None else GemvTuner(tune=True), pdl=pdl)
-            self._tune_mark = len(self.ops.tuner.requested)  # this decoder's configurations are requested after it
+            self._tune_mark = self.ops.tuner.requests  # this decoder's configurations are requested after it
             self.argkey = new_argmax_key(dev)
         else:
             self.ops = TorchOps()

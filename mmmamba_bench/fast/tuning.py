@@ -164,7 +164,8 @@ class GemvTuner:
         self.tune, self.cache, self.keep = tune, cache, keep
         self.choices: dict[Key, Choice] = cache.load() if cache is not None else {}
         self.shortlist: dict[Key, list[Config]] = {}
-        self.requested: list[Key] = []  # every get(), in order: a decoder's own keys are a slice of it
+        self.requests = 0  # get() calls so far; a decoder notes it at start to name its own keys later
+        self._last_request: dict[Key, int] = {}  # key -> number of its latest get() (bounded: one entry per key)
 
     @property
     def chosen(self) -> dict[Key, Config]:
@@ -174,7 +175,8 @@ class GemvTuner:
             constraint: Callable[[Config], bool] | None = None, candidates: tuple[Config, ...] = GEMV_CANDIDATES,
             default: Config | None = None) -> Config:
         key = (name, N, K)
-        self.requested.append(key)
+        self._last_request[key] = self.requests
+        self.requests += 1
         if key in self.choices:
             return self.choices[key].config
         ok = (lambda c: True) if constraint is None else constraint
@@ -217,8 +219,8 @@ class GemvTuner:
         return {f"{n}[{N}x{K}]": c.us for (n, N, K), c in self.choices.items() if c.us is not None}
 
     def used_since(self, mark: int) -> list[Key]:
-        """The distinct keys requested since ``len(self.requested)`` was ``mark``, in first-use order."""
-        return list(dict.fromkeys(self.requested[mark:]))
+        """The distinct keys requested since ``self.requests`` was ``mark``, in the order last requested."""
+        return sorted((k for k, n in self._last_request.items() if n >= mark), key=self._last_request.__getitem__)
 
     def describe(self, keys: list[Key] | None = None) -> dict[str, str]:
         """``{kernel[NxK]: configuration (source)}`` for ``keys`` (default: every choice held)."""
