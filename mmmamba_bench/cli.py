@@ -506,8 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from mmmamba_bench.process_group import leave
+
+    finished = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        finished = True
+        return code
     except (OSError, ValueError, RuntimeError) as exc:
         # Expected user-facing failures (bad input, missing files, a full disk, a held output lock): one clear line,
         # no traceback (use -v for one).
@@ -515,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mmmamba-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        # under `accelerate launch -m mmmamba_bench ...`: leave the process group before the interpreter ends
+        leave(wait_for_others=finished)
 
 
 if __name__ == "__main__":

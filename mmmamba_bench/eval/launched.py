@@ -8,6 +8,7 @@ its shard (:func:`~mmmamba_bench.eval.runner.evaluate`); rank 0 gathers the resu
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from mmmamba_bench.eval.runner import EvalPlan, evaluate
+    from mmmamba_bench.process_group import leave
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -24,9 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     rank_0 = os.environ.get("RANK", "0") == "0"  # the other ranks say only what goes wrong
     logging.basicConfig(level=logging.INFO if rank_0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    evaluate(EvalPlan.read(args[0]))
+    finished = False
+    try:
+        evaluate(EvalPlan.read(args[0]))
+        finished = True
+    finally:
+        leave(wait_for_others=finished)  # before the interpreter ends: mmmamba_bench.process_group says why
     return 0
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a rank that dies in C code (a signal) prints where it was
     raise SystemExit(main())
