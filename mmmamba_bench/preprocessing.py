@@ -48,6 +48,14 @@ def closest_grid(width: int, height: int, image_size: int, max_num: int, min_num
     return best
 
 
+def tile_count(width: int, height: int, image_size: int, max_num: int = 6, use_thumbnail: bool = True) -> int:
+    """How many tiles :func:`load_image` makes of a ``width`` x ``height`` image, without resizing it."""
+    if max_num <= 1:
+        return 1
+    cols, rows = closest_grid(width, height, image_size, max_num)
+    return cols * rows + (1 if use_thumbnail and cols * rows > 1 else 0)
+
+
 def tile_image(image: Image.Image, image_size: int, max_num: int = 6, use_thumbnail: bool = True) -> list[Image.Image]:
     """Cut ``image`` into ``image_size`` tiles by the closest aspect-ratio grid (+ thumbnail if > 1 tile)."""
     cols, rows = closest_grid(image.width, image.height, image_size, max_num)

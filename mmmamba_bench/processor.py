@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from mmmamba_bench.config import ChatConfig
-from mmmamba_bench.preprocessing import chat_prompt, load_image, tiles_per_image
+from mmmamba_bench.preprocessing import chat_prompt, load_image, tile_count, tiles_per_image
 from mmmamba_bench.tokenizer import Tokenizer, load_tokenizer
 
 IGNORE = -100
@@ -78,14 +78,24 @@ class Processor:
             images = [] if image is None else ([image] if isinstance(image, Image.Image) else list(image))
             per_image = [self.pixel_values(im, len(images)) for im in images]
         tiles = tuple(pv.shape[0] for pv in per_image)
+        pv = None if not per_image else (per_image[0] if len(per_image) == 1 else torch.cat(per_image))
+        return Encoded(self.prompt_ids(question, tiles), pv, tiles_per_image=tiles)
+
+    def prompt_ids(self, question: str, tiles: Sequence[int] = ()) -> list[int]:
+        """The token ids :meth:`encode_prompt` gives ``question`` with images of ``tiles`` tiles each."""
         text = chat_prompt(question, num_tiles=list(tiles),
                            tokens_per_tile=self.config.embedding_config.tokens_per_tile, template=self.config.template)
         ids = self.tokenizer.encode(text)
         bos = getattr(self.tokenizer, "bos_token_id", None)
         if bos is not None and getattr(self.tokenizer, "add_bos_token", False):
             ids = [bos] + ids
-        pv = None if not per_image else (per_image[0] if len(per_image) == 1 else torch.cat(per_image))
-        return Encoded(ids, pv, tiles_per_image=tiles)
+        return ids
+
+    def tile_counts(self, images: Sequence[Image.Image]) -> tuple[int, ...]:
+        """How many tiles :meth:`encode_prompt` cuts each of ``images`` (one prompt's) into, without tiling them."""
+        share = tiles_per_image(self.max_tiles, len(images))
+        return tuple(tile_count(im.width, im.height, self.config.image_size, share, self.config.use_thumbnail)
+                     for im in images)
 
     def encode_example(self, question: str, answer: str, image: Image.Image | None = None,
                        pixel_values: torch.Tensor | None = None) -> Encoded:

@@ -228,6 +228,38 @@ def test_a_corrupt_image_names_task_and_document_before_any_inference(ckpt, monk
         lmm.loglikelihood(ll)
 
 
+def test_tiles_are_built_per_batch_not_held_for_the_whole_run(ckpt, monkeypatch):
+    """A Table-1 run asks ~50,000 questions of up to 7 tiles (17 MB each in float32): the adapter measures every
+    request first but builds a request's tiles only when its batch runs, and drops them after."""
+    import weakref
+
+    lmm = make_lmm(ckpt, 2)
+    made = []
+    tile = lmm.processor.pixel_values
+    monkeypatch.setattr(lmm.processor, "pixel_values", lambda *a, **k: made.append(weakref.ref(out := tile(*a, **k)))
+                        or out)
+    alive = []
+    generate_batch, forward = lmm._generate_batch, lmm.model.forward
+
+    def watched_batch(encs, s):
+        alive.append(sum(r() is not None for r in made))
+        return generate_batch(encs, s)
+
+    monkeypatch.setattr(lmm, "_generate_batch", watched_batch)
+    reqs = [gen_request(i, "what digit ?", {"max_new_tokens": 2}) for i in range(5)]
+    answers = lmm.generate_until(reqs)
+    assert len(made) == 5 and alive == [2, 2, 1]  # one batch's tiles at a time
+    assert answers == make_lmm(ckpt, 2).generate_until(reqs)
+    made.clear()
+    monkeypatch.setattr(lmm.model, "forward", lambda *a, **k: alive.append(sum(r() is not None for r in made))
+                        or forward(*a, **k))
+    alive.clear()
+    ll = [Instance("loglikelihood", ("answer with letter", "A", lambda doc: [doc["img"]], i, "t", "test"), idx=0,
+                   metadata={"task": "t", "doc_id": i, "repeats": 1}) for i in range(4)]
+    lmm.loglikelihood(ll)
+    assert alive == [1, 1, 1, 1]
+
+
 def test_a_non_text_continuation_is_named(ckpt):
     from mmmamba_bench.eval.adapter import BadRequestInput
 

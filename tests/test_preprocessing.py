@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from mmmamba_bench.preprocessing import chat_prompt, closest_grid, load_image, tile_image
+from mmmamba_bench.preprocessing import chat_prompt, closest_grid, load_image, tile_count, tile_image
 
 
 def test_grid_follows_aspect_ratio():
@@ -25,6 +25,17 @@ def test_tiles_and_thumbnail():
     for channel, want in enumerate([(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (0.0 - 0.406) / 0.225]):
         assert torch.allclose(pv[:, channel], torch.full_like(pv[:, channel], want), atol=1e-5), channel
     assert load_image(img, 56, max_num=1).shape == (1, 3, 56, 56)
+
+
+def test_tile_count_is_what_load_image_makes_without_resizing():
+    """The evaluation adapter measures every prompt from its images' sizes before any is tiled."""
+    sizes = [(1, 1), (40, 30), (56, 56), (57, 300), (200, 100), (300, 41), (500, 500), (1000, 90), (112, 224)]
+    for width, height in sizes:
+        img = Image.new("RGB", (width, height))
+        for max_num in (1, 2, 3, 6, 12):
+            for thumbnail in (True, False):
+                made = load_image(img, 56, max_num, thumbnail).shape[0]
+                assert tile_count(width, height, 56, max_num, thumbnail) == made, (width, height, max_num, thumbnail)
 
 
 def test_chat_prompt_of_the_demo_models():

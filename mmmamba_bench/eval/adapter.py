@@ -7,6 +7,9 @@ and ``mmmamba-bench eval`` find it. ``pretrained`` may also name a model card in
 
 - ``generate_until``: batched (left padding, grouped by generation settings), greedy unless the task asks for
   sampling, stop strings, ``max_new_tokens``.
+- inputs: every request is measured before the first batch (its images decoded, its prompt tokenised: a corrupt
+  image stops the run before any inference), but its tiles are built only when its batch runs and dropped after, so
+  a whole benchmark never sits in memory as float32 tiles.
 - ``loglikelihood``: the negative log-likelihood of the continuation after the prompt, returned as
   ``GenerationResult(text=(nll, is_greedy))``: lmms-eval 0.7.3 stringifies plain tuples, and its
   multiple-choice scoring takes the argmin, i.e. expects an NLL.
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -45,6 +49,15 @@ class NonFiniteLogits(RuntimeError):
 class BadRequestInput(ValueError):
     """A request's document cannot become model input (corrupt image, wrong type); the message names task and
     document."""
+
+
+class RequestInput(NamedTuple):
+    """What an lmms-eval request says about its model input."""
+    context: str  # the prompt
+    doc_to_visual: Any  # document -> image(s), or None
+    doc_id: int
+    task: str
+    split: str
 
 
 @dataclass(frozen=True)
@@ -214,20 +227,41 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
         evaluates InternVL-style models; see :mod:`mmmamba_bench.preprocessing`)."""
         return self.processor.encode_prompt(context, visuals or None)
 
-    def _encode_request(self, context: str, doc_to_visual, doc_id, task, split):
-        """A request's prompt and images as model input; any failure (a corrupt or truncated image, a visual that is
-        not an image, a prompt the layout refuses) is a :class:`BadRequestInput` naming the task and document."""
+    @contextmanager
+    def _request_input(self, doc_id, task, split, *, before_inference: bool):
+        """Any failure to build a request's input (a corrupt or truncated image, a visual that is not an image, a
+        prompt the layout refuses) as a :class:`BadRequestInput` naming the task and document."""
         try:
-            if not isinstance(context, str):
-                raise TypeError(f"the prompt is a {type(context).__name__}, not text")
-            return self._encode_prompt(context, self._visuals(doc_to_visual, doc_id, task, split))
+            yield
         except BadRequestInput:
             raise
         except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            when = ("The run stops before inference (every request's images are decoded before the first batch)"
+                    if before_inference else "The run stops")
             raise BadRequestInput(f"task {task!r} doc {doc_id} (split {split!r}): cannot build the model input: "
-                                  f"{type(exc).__name__}: {exc}. The run stops before inference (the images of "
-                                  f"every request are decoded before the first batch); fix or drop this "
-                                  f"document") from exc
+                                  f"{type(exc).__name__}: {exc}. {when}; fix or drop this document") from exc
+
+    def _measure_request(self, r: RequestInput) -> int:
+        """How many positions a request's prompt takes. Its images are decoded (a corrupt one stops the run here,
+        before any inference) but not tiled: no request's tiles are held before its batch (a Table-1 run asks ~50,000
+        questions of up to 7 tiles, 17 MB each in float32)."""
+        with self._request_input(r.doc_id, r.task, r.split, before_inference=True):
+            if not isinstance(r.context, str):
+                raise TypeError(f"the prompt is a {type(r.context).__name__}, not text")
+            visuals = self._visuals(r.doc_to_visual, r.doc_id, r.task, r.split)
+            for image in visuals:
+                image.load()  # decodes the pixels: a truncated file fails here
+            return len(self.processor.prompt_ids(r.context, self.processor.tile_counts(visuals)))
+
+    def _encode_request(self, r: RequestInput, measured: int):
+        """A request's prompt and images as model input, built when its batch runs; ``measured``: its length from
+        :meth:`_measure_request`."""
+        with self._request_input(r.doc_id, r.task, r.split, before_inference=False):
+            enc = self._encode_prompt(r.context, self._visuals(r.doc_to_visual, r.doc_id, r.task, r.split))
+        if len(enc.input_ids) != measured:  # the tile count predicted from the image size disagrees with the tiling
+            raise RuntimeError(f"mmmamba adapter: task {r.task!r} doc {r.doc_id}: the prompt has {len(enc.input_ids)} "
+                               f"tokens but {measured} were predicted before the run (a bug: please report it)")
+        return enc
 
     def _input_stats(self) -> dict[str, Any]:
         """Counts about the inputs seen so far (created on first use): see :meth:`input_report`."""
@@ -270,16 +304,18 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
 
         from mmmamba_bench.generation import WatchLogits
 
+        # every request measured first (a corrupt image stops the run before any inference); tiles are built per batch
         items, lengths = [], []
         for i, req in enumerate(requests):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             settings = parse_gen_kwargs(gen_kwargs, self.default_max_new_tokens)
-            enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
-            items.append((i, settings, enc, (task, doc_id)))
-            lengths.append((task, len(enc.input_ids) + settings.max_new_tokens))
+            r = RequestInput(context, doc_to_visual, doc_id, task, split)
+            n_prompt = self._measure_request(r)
+            items.append((i, settings, n_prompt, r))
+            lengths.append((task, n_prompt + settings.max_new_tokens))
         self._check_lengths(lengths)
         # Group identical settings, longest prompts first, so batches are dense.
-        items.sort(key=lambda it: (repr(it[1]), -len(it[2].input_ids)))
+        items.sort(key=lambda it: (repr(it[1]), -it[2]))
         out: list[str | None] = [None] * len(items)
         bar = tqdm(total=len(items), desc=f"{self.label}: generate", disable=self.rank != 0)
         start = 0
@@ -289,12 +325,14 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
             while end < len(items) and end - start < self.batch_size_per_gpu and items[end][1] == settings:
                 end += 1
             chunk = items[start:end]
+            encs = [self._encode_request(r, measured=n_prompt) for _, _, n_prompt, r in chunk]
             with WatchLogits() as watch:  # NaN / inf logits choosing tokens: flagged on the device, read once
-                texts = self._generate_batch([c[2] for c in chunk], settings)
+                texts = self._generate_batch(encs, settings)
+            del encs  # this batch's tiles
             if watch.found():
                 raise NonFiniteLogits(f"the model produced NaN or infinite logits while answering the batch "
-                                      f"{_name_docs(c[3] for c in chunk)}; its scores would be meaningless, so the "
-                                      f"run stops (check the weights and the dtype)")
+                                      f"{_name_docs((r.task, r.doc_id) for *_, r in chunk)}; its scores would be "
+                                      f"meaningless, so the run stops (check the weights and the dtype)")
             for (i, *_), text in zip(chunk, texts):
                 out[i] = text
             bar.update(len(chunk))
@@ -318,29 +356,32 @@ class MMMambaLMM(_lmms_base()):  # type: ignore[misc]
     def loglikelihood(self, requests) -> list:
         from lmms_eval.api.instance import GenerationResult
 
-        # every request's input first: a corrupt image or a bad continuation stops the run before any inference
+        # every request checked first (a corrupt image or a bad continuation stops the run before any inference);
+        # each request's tiles are built when it is scored
         inputs, lengths = [], []
         for req in requests:
             context, continuation, doc_to_visual, doc_id, task, split = req.args
-            enc = self._encode_request(context, doc_to_visual, doc_id, task, split)
+            r = RequestInput(context, doc_to_visual, doc_id, task, split)
+            n_prompt = self._measure_request(r)
             if not isinstance(continuation, str):
                 raise BadRequestInput(f"task {task!r} doc {doc_id}: the continuation {continuation!r} is of type "
                                       f"{type(continuation).__name__}, not text (check the task's target column)")
             cont = self.processor.tokenizer.encode(continuation)
             if not cont:
                 raise ValueError(f"task {task!r} doc {doc_id}: continuation {continuation!r} tokenizes to nothing")
-            inputs.append((enc, cont, (task, doc_id)))
-            lengths.append((task, len(enc.input_ids) + len(cont)))
+            inputs.append((r, n_prompt, cont))
+            lengths.append((task, n_prompt + len(cont)))
         self._check_lengths(lengths)
         results = []
-        for enc, cont, where in inputs:
+        for r, n_prompt, cont in inputs:
+            enc = self._encode_request(r, measured=n_prompt)
             ids = torch.tensor([enc.input_ids + cont], device=self._device)
             pv = None if enc.pixel_values is None else enc.pixel_values.to(self._device)
-            logits = self.model(ids, pixel_values=pv).logits[0, len(enc.input_ids) - 1:-1].float()  # [n_cont, V]
+            logits = self.model(ids, pixel_values=pv).logits[0, n_prompt - 1:-1].float()  # [n_cont, V]
             if not bool(torch.isfinite(logits).all()):
                 raise NonFiniteLogits(f"the model produced NaN or infinite logits while scoring "
-                                      f"{_name_docs([where])}; its scores would be meaningless, so the run stops "
-                                      f"(check the weights and the dtype)")
+                                      f"{_name_docs([(r.task, r.doc_id)])}; its scores would be meaningless, so the "
+                                      f"run stops (check the weights and the dtype)")
             target = torch.tensor(cont, device=self._device)
             logp = torch.log_softmax(logits, dim=-1)
             nll = float(-logp.gather(-1, target[:, None]).sum())
