@@ -26,8 +26,10 @@ BF = torch.bfloat16
 # chains of roundings by up to a few per cent, so it gets a wider bound (the GPU keeps 1e-2).
 RTOL_BF16 = 1e-2 if HAS_CUDA else 4e-2
 
-# (H, nh, nkv, hd, I, V): the real shapes on the GPU, small ones under the interpreter.
-SHAPES = [(2048, 16, 8, 128, 8192, 92553)] if HAS_CUDA else [(256, 4, 2, 32, 512, 1000)]
+# (H, nh, nkv, hd, I, V): the real shapes on the GPU, small ones under the interpreter; and the embedded demo
+# teacher's, whose MLP width (384) is not a power of two.
+DEMO_SHAPE = (128, 4, 2, 32, 384, 1000)
+SHAPES = [(2048, 16, 8, 128, 8192, 92553), DEMO_SHAPE] if HAS_CUDA else [(256, 4, 2, 32, 512, 1000), DEMO_SHAPE]
 
 
 def _ops():

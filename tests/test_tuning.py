@@ -12,9 +12,11 @@ from mmmamba_bench.fast.tuning import (ATTN_CANDIDATES, ATTN_DEFAULT, GEMV_CANDI
 
 
 def test_default_config_divides_k_and_candidates_are_well_formed():
-    for K in (2048, 8192, 384, 96):
+    # BLOCK_K: a power of two (Triton's ranges; the demo teacher's MLP width 384 once gave 384 and failed to compile),
+    # dividing K, the largest such up to 512
+    for K, want in ((2048, 512), (8192, 512), (384, 128), (96, 32), (5632, 512), (1000, 8), (7, 1)):
         bn, bk, nw, ns = default_config(6160, K)
-        assert K % bk == 0 and bk <= 512
+        assert bk == want and K % bk == 0 and bk & (bk - 1) == 0, (K, bk)
     assert len(set(GEMV_CANDIDATES)) == len(GEMV_CANDIDATES)
     for bn, bk, nw, ns in GEMV_CANDIDATES:
         assert bn & (bn - 1) == 0 and bk & (bk - 1) == 0 and nw in (1, 2, 4, 8) and ns >= 1

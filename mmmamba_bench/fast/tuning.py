@@ -45,9 +45,14 @@ ATTN_DEFAULT: Config = (64, 64, 4, 3)
 SOURCES = ("default", "isolated", "step", "cache")
 
 
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
 def default_config(N: int, K: int) -> Config:
-    """A reasonable configuration without tuning; BLOCK_K always divides K."""
-    bk = min(512, K)
+    """A reasonable configuration without tuning: BLOCK_K is the largest power of two <= 512 dividing K (Triton's
+    ranges are powers of two; the K loop has no tail)."""
+    bk = 512
     while K % bk:
         bk //= 2
     return (8, bk, 4, 3)
@@ -78,7 +83,7 @@ def _valid(key: Key, cfg: object) -> bool:
     name, _, K = key
     if name == "attn":
         return True
-    return cfg[1] <= K and K % cfg[1] == 0 and (cfg[0] & (cfg[0] - 1)) == 0
+    return cfg[1] <= K and K % cfg[1] == 0 and _pow2(cfg[0]) and _pow2(cfg[1])
 
 
 class TuneCache:
