@@ -363,9 +363,9 @@ def run_case(case: Case, teacher: MMMambaChatModel, student: MMMambaChatModel, r
                               batch_size=plan.global_batch, warmup_frac=0.0, decay_frac=0.0)
     source = SyntheticRows(student.config, case.length, setup.tiles)
     collate = Processor(_NoTokenizer(), student.config).collate  # type: ignore[arg-type]
-    trainable, objective = prepare_stage(teacher, student, case.stage, cfg.loss_scale,
-                                         master_fp32=dtype != torch.float32 and not deepspeed,
-                                         checkpointing=case.checkpointing)
+    trainable, objective, _ = prepare_stage(teacher, student, case.stage, cfg.loss_scale,
+                                            master_fp32=dtype != torch.float32 and not deepspeed,
+                                            checkpointing=case.checkpointing)
     profiler = None
     if setup.profile:  # the timed steps only (the warm-up ones compile and tune kernels)
         from torch.profiler import ProfilerActivity, profile, schedule

@@ -11,7 +11,7 @@ from mmmamba_bench.model.stack import MMMambaChatModel
 from mmmamba_bench.processor import Batch
 from mmmamba_bench.seeding import seed_state_dict
 from mmmamba_bench.train.distill import (StageChainError, check_chain, distill, kl_loss, layerwise_loss,
-                                         stage_trainable)
+                                         prepare_stage, stage_trainable)
 from mmmamba_bench.train.loop import train
 from mmmamba_bench.train.recipe import StageConfig
 from mmmamba_bench.train.state import TrainCheckpoint
@@ -95,6 +95,58 @@ def test_each_stage_trains_exactly_the_papers_parameters(stage, tmp_path):
             assert torch.equal(w0[rows[r]], w1[rows[r]]) == (stage == 1), (stage, r)
     attention_layers = [i for i, t in enumerate(KIND_LAYOUTS["hybrid"]) if t == "mha"]
     assert all(student.layers[i].kind == "mha" for i in attention_layers)
+
+
+def _train_prepared(trainable, objective, batch, tmp_path, steps=2):
+    cfg = StageConfig(steps=steps, batch_size=2, lr=1e-2, warmup_frac=0.0, decay_frac=0.0)
+    tokens = batch.attention_mask.sum().float()
+    try:
+        return train(name="shared", trainable=trainable, loss_fn=lambda b: objective(b, tokens),
+                     stream=FixedStream(batch), cfg=cfg, checkpoint=TrainCheckpoint(tmp_path, "t"),
+                     checkpoint_every=100, progress=False)
+    finally:
+        trainable.close()
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_frozen_student_parameters_are_the_teachers_tensors(stage, tmp_path):
+    """What the student inherits and no stage trains is held once (the teacher's tensors); training is bit for bit
+    what it is with two copies, and the teacher does not change."""
+    import copy
+
+    teacher, student, batch = teacher_student("hybrid")
+    twin_teacher, twin = copy.deepcopy(teacher), copy.deepcopy(student)
+    teacher_before = {n: t.clone() for n, t in teacher.state_dict().items()}
+    trainable, objective, shared = prepare_stage(teacher, student, stage, 1.0, master_fp32=False,
+                                                 checkpointing=False)
+    mine = dict(teacher.named_parameters())
+    trained = {id(p) for p in trainable.params.values()}
+    frozen = [(n, p) for n, p in student.named_parameters() if id(p) not in trained and n in mine]
+    # MLPs, norms, embeddings, vision, LM head, o_proj, the hybrid's attention layers
+    assert len(frozen) > 20 and all(p is mine[n] for n, p in frozen)
+    assert shared.tensors == len(frozen) and not shared.differing
+    assert shared.bytes == sum(p.numel() * p.element_size() for _, p in frozen)
+    assert not any(p is mine.get(n) for n, p in trainable.params.items())
+    losses = _train_prepared(trainable, objective, batch, tmp_path / "shared")
+
+    twin_trainable, twin_objective, none = prepare_stage(twin_teacher, twin, stage, 1.0, master_fp32=False,
+                                                         checkpointing=False, share_frozen=False)
+    assert none.tensors == 0 and not any(p is q for p in twin.parameters() for q in twin_teacher.parameters())
+    assert _train_prepared(twin_trainable, twin_objective, batch, tmp_path / "two") == losses
+    got, want = student.state_dict(), twin.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert all(torch.equal(t, teacher_before[n]) for n, t in teacher.state_dict().items())
+
+
+def test_a_frozen_parameter_unlike_the_teachers_keeps_its_own_copy():
+    teacher, student, _ = teacher_student("hybrid")
+    name = "language_model.model.layers.0.feed_forward.w1.weight"
+    with torch.no_grad():
+        student.get_parameter(name)[0, 0] += 1.0
+    _, _, shared = prepare_stage(teacher, student, 1, 1.0, master_fp32=False, checkpointing=False)
+    assert shared.differing == (name,)
+    assert student.get_parameter(name) is not teacher.get_parameter(name)
+    assert not torch.equal(student.get_parameter(name), teacher.get_parameter(name))
 
 
 def test_stage1_layerwise_loss_decreases(tmp_path):

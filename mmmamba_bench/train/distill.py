@@ -16,7 +16,8 @@
   per token and those two parameters train, as the paper describes.
 
 Everything outside the Mamba-2 mixers (MLPs, norms, embeddings, vision parts, LM head), each mixer's ``o_proj``,
-and the attention layers a hybrid layout keeps are frozen in every stage.
+and the attention layers a hybrid layout keeps are frozen in every stage, and held once: those student parameters
+are the teacher's own tensors while a stage trains (:func:`share_frozen_with_teacher`).
 
 Layout on disk: intermediate results live next to the output, in ``<out>.stages/``: ``seeded/`` and ``stage<k>/``
 (released layout) each with ``distill_state.json`` recording the producing stage, its input (path + weight hash),
@@ -231,17 +232,18 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
     shash = stage_hash(recipe, stage)
     t0 = time.perf_counter()
     student = load_model(input_dir, device=inputs.device, dtype=inputs.dtype, ssd_backend=inputs.ssd_backend)
-    trainable, objective = prepare_stage(inputs.teacher, student, stage, cfg.loss_scale,
-                                         master_fp32=inputs.dtype != torch.float32 and not _is_deepspeed(acc),
-                                         checkpointing=inputs.gradient_checkpointing)
+    trainable, objective, shared = prepare_stage(inputs.teacher, student, stage, cfg.loss_scale,
+                                                 master_fp32=inputs.dtype != torch.float32 and not _is_deepspeed(acc),
+                                                 checkpointing=inputs.gradient_checkpointing)
     source = inputs.make_source(stage)
     plan = StepPlan.make(cfg.batch_size, acc.num_processes, inputs.micro_batch)
     n_train = sum(p.numel() for p in trainable.params.values())
     n_rows = sum(rm.frozen_numel for rm in trainable.row_masks)
-    log.info("stage %d: %d trainable parameters (%.1f%% of %d) from %s; %d process(es) x %d accumulated x %d rows",
-             stage, n_train - n_rows, 100 * (n_train - n_rows) / sum(p.numel() for p in student.parameters()),
+    log.info("stage %d: %d trainable parameters (%.1f%% of %d) from %s; %d process(es) x %d accumulated x %d rows; "
+             "%d frozen tensors (%.1f MiB) shared with the teacher", stage, n_train - n_rows,
+             100 * (n_train - n_rows) / sum(p.numel() for p in student.parameters()),
              sum(p.numel() for p in student.parameters()), input_dir, plan.processes, plan.accumulation,
-             plan.micro_batch)
+             plan.micro_batch, shared.tensors, shared.bytes / 2 ** 20)
     try:
         losses = train_parallel(name=f"stage{stage}", trainable=trainable, objective=objective, source=source,
                                 collate=inputs.processor.collate, cfg=cfg, plan=plan,
@@ -265,7 +267,8 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
         "engine": {"processes": plan.processes, "micro_batch": plan.micro_batch,
                    "accumulation": plan.accumulation, "distributed": str(acc.distributed_type),
                    "mixed_precision": acc.mixed_precision, "ssd_scan": student.code_path.ssd_scan,
-                   "gradient_checkpointing": inputs.gradient_checkpointing},
+                   "gradient_checkpointing": inputs.gradient_checkpointing,
+                   "shared_with_teacher": {"tensors": shared.tensors, "bytes": shared.bytes}},
         "seconds_this_run": round(time.perf_counter() - t0, 1),
     }
 
@@ -279,12 +282,55 @@ def run_stage(stage: int, inputs: StageInputs, input_dir: Path, out_dir: Path, w
     return out_dir
 
 
+@dataclass(frozen=True)
+class SharedFrozen:
+    """What :func:`share_frozen_with_teacher` did: student parameters now held once, as the teacher's tensors."""
+
+    tensors: int
+    bytes: int
+    differing: tuple[str, ...] = ()  # frozen parameters named as the teacher's but not equal to them (kept)
+
+
+def share_frozen_with_teacher(teacher: MMMambaChatModel, student: MMMambaChatModel,
+                              trainable: Trainable) -> SharedFrozen:
+    """Point each frozen student parameter at the teacher's parameter of the same name when the two are equal bit
+    for bit (same shape, dtype and device): the student inherits them from the teacher and no stage trains them
+    (MLPs, norms, embeddings, vision, LM head, o_proj, a hybrid's attention layers), so one copy serves both — at
+    the 2.7B shapes 2.20B parameters (4.1 GiB in bf16) for mmMamba-linear, 2.30B (4.3 GiB) for the hybrid. A frozen parameter that differs (a student whose frozen
+    parts were trained elsewhere) keeps its own copy and is named in ``differing``. Neither model's values change.
+    """
+    trained = {id(p) for p in trainable.params.values()}
+    mine = dict(teacher.named_parameters())
+    n = nbytes = 0
+    differing = []
+    for name, p in list(student.named_parameters(remove_duplicate=False)):
+        t = mine.get(name)
+        if t is None or p.requires_grad or id(p) in trained:
+            continue
+        if t is not p:
+            if (t.shape != p.shape or t.dtype != p.dtype or t.device != p.device or t.requires_grad
+                    or not torch.equal(t, p)):
+                differing.append(name)
+                continue
+            owner, _, attr = name.rpartition(".")
+            setattr(student.get_submodule(owner), attr, t)
+        n += 1
+        nbytes += t.numel() * t.element_size()
+    return SharedFrozen(n, nbytes, tuple(differing))
+
+
 def prepare_stage(teacher: MMMambaChatModel, student: MMMambaChatModel, stage: int, loss_scale: float, *,
-                  master_fp32: bool, checkpointing: bool) -> tuple[Trainable, Objective]:
-    """The stage's trained parameters and the module the engine wraps (student + the stage's loss); the student is
-    left in training mode. ``master_fp32``: mixed precision without DeepSpeed (which keeps its own fp32 copy): the
-    trained parameters become fp32 master copies."""
+                  master_fp32: bool, checkpointing: bool,
+                  share_frozen: bool = True) -> tuple[Trainable, Objective, SharedFrozen]:
+    """The stage's trained parameters, the module the engine wraps (student + the stage's loss) and what the student
+    shares with the teacher (``share_frozen``: :func:`share_frozen_with_teacher`); the student is left in training
+    mode. ``master_fp32``: mixed precision without DeepSpeed (which keeps its own fp32 copy): the trained parameters
+    become fp32 master copies."""
     trainable = stage_trainable(student, stage)
+    shared = share_frozen_with_teacher(teacher, student, trainable) if share_frozen else SharedFrozen(0, 0)
+    if shared.differing:
+        log.warning("stage %d: %d frozen student parameter(s) differ from the teacher's of the same name (kept as "
+                    "their own copies): %s", stage, len(shared.differing), ", ".join(shared.differing[:4]))
     if master_fp32:
         for p in trainable.params.values():
             p.data = p.data.float()
@@ -294,7 +340,7 @@ def prepare_stage(teacher: MMMambaChatModel, student: MMMambaChatModel, stage: i
         terms = partial(kl_terms, teacher, student)
     else:
         terms = partial(layerwise_terms, teacher, student, scale=loss_scale)
-    return trainable, Objective(student, terms, list(trainable.params.values()))
+    return trainable, Objective(student, terms, list(trainable.params.values())), shared
 
 
 def first_loss_checks(recipe: DistillRecipe, stage: int, record_in: dict) -> list[LossCheck]:
