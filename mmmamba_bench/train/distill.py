@@ -296,15 +296,16 @@ def share_frozen_with_teacher(teacher: MMMambaChatModel, student: MMMambaChatMod
     """Point each frozen student parameter at the teacher's parameter of the same name when the two are equal bit
     for bit (same shape, dtype and device): the student inherits them from the teacher and no stage trains them
     (MLPs, norms, embeddings, vision, LM head, o_proj, a hybrid's attention layers), so one copy serves both — at
-    the 2.7B shapes 2.20B parameters (4.1 GiB in bf16) for mmMamba-linear, 2.30B (4.3 GiB) for the hybrid. A frozen parameter that differs (a student whose frozen
-    parts were trained elsewhere) keeps its own copy and is named in ``differing``. Neither model's values change.
+    the 2.7B shapes 2.20B parameters (4.1 GiB in bf16) for mmMamba-linear, 2.30B (4.3 GiB) for the hybrid. A frozen
+    parameter that differs (a student whose frozen parts were trained elsewhere) keeps its own copy and is named in
+    ``differing``. Neither model's values change.
     """
     trained = {id(p) for p in trainable.params.values()}
-    mine = dict(teacher.named_parameters())
+    teachers = dict(teacher.named_parameters())
     n = nbytes = 0
     differing = []
     for name, p in list(student.named_parameters(remove_duplicate=False)):
-        t = mine.get(name)
+        t = teachers.get(name)
         if t is None or p.requires_grad or id(p) in trained:
             continue
         if t is not p:
