@@ -39,7 +39,7 @@ from mmmamba_bench.results import write_json_atomic
 from mmmamba_bench.sweep.budget import Budget, LayerCosts
 from mmmamba_bench.sweep.cost import MEASURED, MODELLED, CostRow, GpuSpec
 from mmmamba_bench.sweep.place_report import SCHEMA, analyse, write_place
-from mmmamba_bench.sweep.runner import PAPER_CONTEXT, SweepPlan, SweepSettings, recipe_source
+from mmmamba_bench.sweep.runner import PAPER_CONTEXT, SweepPlan, SweepSettings, open_manifest
 
 log = logging.getLogger(__name__)
 
@@ -234,19 +234,8 @@ class SearchManifest:
 
     def __init__(self, path: Path, plan: PlacePlan):
         self.path = path
-        self.data: dict[str, Any] = {"schema": SCHEMA, "settings": plan.identity,
-                                     "settings_sha256": plan.identity_sha256, "teacher": str(plan.settings.teacher),
-                                     "recipe": recipe_source(plan.settings.recipe), "runs": {}, "invocations": []}
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old.get("settings_sha256") != plan.identity_sha256:
-                before = old.get("settings", {})
-                diff = sorted(k for k in set(before) | set(plan.identity) if before.get(k) != plan.identity.get(k))
-                raise PlaceSettingsError(f"{path.parent} holds a placement search with other settings "
-                                         f"({', '.join(diff)} differ); rerun with the same settings to resume, or "
-                                         f"choose another --out")
-            self.data["runs"] = old.get("runs", {})
-            self.data["invocations"] = old.get("invocations", [])
+        self.data = open_manifest(path, plan, SCHEMA, {"runs": {}, "invocations": []}, "a placement search",
+                                  PlaceSettingsError)
 
     def start(self, plan: PlacePlan, runs) -> None:
         s = plan.settings

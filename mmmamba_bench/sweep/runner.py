@@ -198,18 +198,7 @@ class Manifest:
 
     def __init__(self, path: Path, plan: SweepPlan):
         self.path = path
-        self.data: dict[str, Any] = {"schema": SCHEMA, "settings": plan.identity,
-                                     "settings_sha256": plan.identity_sha256, "teacher": str(plan.settings.teacher),
-                                     "recipe": recipe_source(plan.settings.recipe), "configs": {}, "runs": []}
-        if path.is_file():
-            old = json.loads(path.read_text())
-            if old.get("settings_sha256") != plan.identity_sha256:
-                diff = sorted(k for k in set(old.get("settings", {})) | set(plan.identity)
-                              if old.get("settings", {}).get(k) != plan.identity.get(k))
-                raise SweepSettingsError(f"{path.parent} holds a sweep with other settings ({', '.join(diff)} "
-                                         f"differ); rerun with the same settings to resume, or choose another --out")
-            self.data["configs"] = old.get("configs", {})
-            self.data["runs"] = old.get("runs", [])
+        self.data = open_manifest(path, plan, SCHEMA, {"configs": {}, "runs": []}, "a sweep", SweepSettingsError)
 
     def start_run(self, configs: Sequence[SweepConfig], settings: SweepSettings) -> None:
         self.data["runs"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -234,6 +223,25 @@ class Manifest:
 
     def write(self) -> None:
         write_json_atomic(self.path, self.data)
+
+
+def open_manifest(path: Path, plan: Any, schema: str, records: dict[str, Any], what: str,
+                  error: type[Exception]) -> dict[str, Any]:
+    """A sweep's or placement search's manifest data: the settings' identity (``plan``: a :class:`SweepPlan` or a
+    placement plan) and ``records``' keys, those taken over from the file at ``path`` when it was written under the
+    same settings; a file of other settings is ``error``, naming the settings that differ."""
+    data: dict[str, Any] = {"schema": schema, "settings": plan.identity, "settings_sha256": plan.identity_sha256,
+                            "teacher": str(plan.settings.teacher), "recipe": recipe_source(plan.settings.recipe),
+                            **records}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("settings_sha256") != plan.identity_sha256:
+            before = old.get("settings", {})
+            diff = sorted(k for k in set(before) | set(plan.identity) if before.get(k) != plan.identity.get(k))
+            raise error(f"{path.parent} holds {what} with other settings ({', '.join(diff)} differ); rerun with the "
+                        f"same settings to resume, or choose another --out")
+        data.update({key: old.get(key, empty) for key, empty in records.items()})
+    return data
 
 
 def recipe_source(recipe: Any) -> str:
